@@ -1,0 +1,88 @@
+"""The image transforms of the re-ID recipe.
+
+IDL (paper Eq. 4-6) asks a network to recognise an image ``x_i`` in its augmented view ``x̂_i``.
+The augmentations are meant to imitate what changes between cameras (paper 4.2 and 5.2): random
+zoom and crop, horizontal flip, contrast change and occlusion. Colour (hue, saturation) is left
+alone on purpose: clothing colour is the main cue that identifies a person across cameras.
+
+All transforms take a PIL RGB image (see :func:`~timm_gam.reid.datasets.load_image`), return a
+normalised float tensor of shape (3, height, width), draw their randomness from torch's global
+generator (seeded per DataLoader worker) and pickle, so they work in DataLoader worker processes.
+"""
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision.transforms import v2
+
+__all__ = ['TwoViews', 'build_eval_transform', 'build_train_transform']
+
+ImageSize = tuple[int, int]  # (height, width), 256x128 in the paper; 128x64 or 64x32 for CPU runs
+
+
+def _to_normalised_tensor(mean, std) -> list:
+    # ToPureTensor: batches collate to plain tensors, not torchvision's Image subclass
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std), v2.ToPureTensor()]
+
+
+def build_eval_transform(image_size: ImageSize = (256, 128), *, mean=IMAGENET_DEFAULT_MEAN,
+                         std=IMAGENET_DEFAULT_STD) -> v2.Compose:
+    """Resize to ``image_size`` and normalise: what clustering, evaluation and export all see."""
+    return v2.Compose([v2.ToImage(), v2.Resize(tuple(image_size), antialias=True),
+                       *_to_normalised_tensor(mean, std)])
+
+
+def build_train_transform(
+        image_size: ImageSize = (256, 128),
+        *,
+        crop_scale: tuple[float, float] = (0.64, 1.0),
+        crop_aspect_jitter: float = 1.2,
+        flip_prob: float = 0.5,
+        brightness: float = 0.2,
+        contrast: float = 0.4,
+        erasing_prob: float = 0.5,
+        erasing_scale: tuple[float, float] = (0.02, 0.25),
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+) -> v2.Compose:
+    """The strong augmentation that makes ``x̂_i`` of paper Eq. 4 (section 5.2's list, in order).
+
+    1. Random zoom and crop: a box covering ``crop_scale`` of the image area (0.64 = zoom in up to
+       1.25x), its aspect within ``crop_aspect_jitter`` of the output's, resized to ``image_size``.
+       The image is first resized to ``image_size`` so that the crop is relative to the person box
+       whatever the source size, exactly as the anchor view sees it.
+    2. Horizontal flip with ``flip_prob``: cameras see people from either side.
+    3. Brightness and contrast change (``ColorJitter``), imitating camera exposure.
+    4. Occlusion by random erasing with ``erasing_prob``, applied after normalisation with value 0
+       so the erased box is the mean colour rather than a black patch.
+    """
+    height, width = image_size
+    aspect = width / height
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize((height, width), antialias=True),
+        v2.RandomResizedCrop((height, width), scale=crop_scale,
+                             ratio=(aspect / crop_aspect_jitter, aspect * crop_aspect_jitter),
+                             antialias=True),
+        v2.RandomHorizontalFlip(flip_prob),
+        v2.ColorJitter(brightness=brightness, contrast=contrast),
+        *_to_normalised_tensor(mean, std),
+        v2.RandomErasing(p=erasing_prob, scale=erasing_scale, value=0),
+    ])
+
+
+class TwoViews:
+    """``(anchor_view, augmented_view)`` of one image: ``x_i`` and ``x̂_i`` of paper Eq. 4.
+
+    The recipe passes the evaluation transform as ``anchor_transform``, so ``x_i`` is the image as
+    clustering and retrieval see it and IDL pulls augmented views towards that embedding. Ye et al.
+    (CVPR 2019, the paper's [37]) augment both views instead: pass the train transform twice for that.
+    """
+
+    def __init__(self, anchor_transform, augment_transform):
+        self.anchor_transform = anchor_transform
+        self.augment_transform = augment_transform
+
+    def __call__(self, image):
+        return self.anchor_transform(image), self.augment_transform(image)
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(anchor={self.anchor_transform!r}, augment={self.augment_transform!r})'
