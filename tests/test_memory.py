@@ -1,0 +1,35 @@
+"""The cluster memory bank of ACL: construction from embeddings and the per-iteration update."""
+import math
+
+import pytest
+import torch
+
+from timm_gam.reid.memory import ClusterMemory
+
+
+def test_from_embeddings_is_the_normalised_cluster_mean():
+    embeddings = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    memory = ClusterMemory.from_embeddings(embeddings, torch.tensor([0, 0, 1]))
+    h = 1 / math.sqrt(2)
+    assert torch.allclose(memory.centroids, torch.tensor([[h, h], [0.0, -1.0]]))
+
+
+def test_update_hand_computed():
+    memory = ClusterMemory(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), momentum=0.5)
+    memory.update(torch.tensor([[0.0, 1.0], [0.0, 1.0]]), torch.tensor([0, 0]))
+    h = 1 / math.sqrt(2)
+    assert torch.allclose(memory.centroids, torch.tensor([[h, h], [0.0, 1.0]]))  # cluster 1 untouched
+
+
+def test_update_keeps_unit_norm_and_state_round_trips():
+    torch.manual_seed(0)
+    memory = ClusterMemory(torch.randn(5, 8), momentum=0.3)
+    memory.update(torch.nn.functional.normalize(torch.randn(6, 8), dim=1), torch.tensor([0, 1, 1, 4, 4, 4]))
+    assert torch.allclose(memory.centroids.norm(dim=1), torch.ones(5))
+    restored = ClusterMemory.from_state_dict(memory.state_dict())
+    assert torch.allclose(restored.centroids, memory.centroids) and restored.momentum == 0.3
+
+
+def test_momentum_out_of_range():
+    with pytest.raises(ValueError, match='momentum'):
+        ClusterMemory(torch.ones(1, 2), momentum=1.0)
