@@ -1,0 +1,162 @@
+"""Bottom-up merging (Eq. 9-10): hand-computed merge orders and merge-for-merge agreement with a dense
+reference on many small random problems."""
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from timm_gam.reid.clustering import balanced_cost, bottom_up_merge, cluster_purity, merge_clusters
+
+
+def dense_reference(features, labels, num_merges, size_penalty, distance='euclidean', size_update='step',
+                    max_cluster_size=None):
+    """Obviously correct BUC step on the full distance matrix; returns (labels, merge costs)."""
+    x = np.asarray(features, dtype=np.float64)
+    _, cluster, start_size = np.unique(labels, return_inverse=True, return_counts=True)
+    diff = x[:, None] - x[None]
+    d0 = np.einsum('ijk,ijk->ij', diff, diff)
+    d0 = d0 if distance == 'sqeuclidean' else np.sqrt(d0)
+    parent, size = list(range(len(start_size))), list(start_size)
+    cap = max_cluster_size or np.inf
+
+    def find(a):
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    pairs = list(itertools.combinations(range(len(x)), 2))
+    costs = []
+    while len(costs) < num_merges:
+        pairs = [(i, j) for i, j in pairs if find(cluster[i]) != find(cluster[j])
+                 and size[find(cluster[i])] + size[find(cluster[j])] <= cap]
+        if size_update == 'step':  # one pass in step-start cost order
+            walk = sorted((d0[i, j] + size_penalty * (start_size[cluster[i]] + start_size[cluster[j]]), i, j)
+                          for i, j in pairs)
+        else:  # the cheapest pair at the current sizes, recomputed after every union
+            walk = sorted((d0[i, j] + size_penalty * (size[find(cluster[i])] + size[find(cluster[j])]), i, j)
+                          for i, j in pairs)[:1]
+        progressed = False
+        for cost, i, j in walk:
+            a, b = find(cluster[i]), find(cluster[j])
+            if a == b or size[a] + size[b] > cap:
+                continue
+            parent[b], size[a] = a, size[a] + size[b]
+            costs.append(cost)
+            progressed = True
+            if len(costs) == num_merges or size_update == 'refresh':
+                break
+        if not progressed or size_update == 'step':
+            break
+    roots = np.array([find(c) for c in cluster])
+    return first_appearance(roots), np.array(costs)
+
+
+def first_appearance(labels):
+    mapping = {}
+    return np.array([mapping.setdefault(label, len(mapping)) for label in labels])
+
+
+def random_problem(rng, n, dim, existing_clusters):
+    features = rng.normal(size=(n, dim))
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    labels = rng.integers(0, n // 2, n) * 7 - 3 if existing_clusters else rng.permutation(n) + 100
+    return features, labels
+
+
+@pytest.mark.parametrize('distance', ['euclidean', 'sqeuclidean'])
+@pytest.mark.parametrize('size_update', ['step', 'refresh'])
+def test_matches_dense_reference_merge_for_merge(distance, size_update):
+    rng = np.random.default_rng(0)
+    for case in range(24):
+        n = int(rng.integers(6, 50))
+        features, labels = random_problem(rng, n, int(rng.integers(2, 12)), existing_clusters=case % 2 == 1)
+        num_clusters = len(np.unique(labels))
+        num_merges = int(rng.integers(1, num_clusters))
+        penalty = float(rng.choice([0.0, 0.005, 0.05]))
+        cap = [None, 3, 6][case % 3]
+        expected_labels, expected_costs = dense_reference(features, labels, num_merges, penalty, distance,
+                                                          size_update, cap)
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', 'only', UserWarning)  # the size cap may forbid some merges
+            result = bottom_up_merge(features, labels, num_merges, penalty, distance=distance,
+                                     size_update=size_update, max_cluster_size=cap,
+                                     points_per_cell=[256, 4][case % 2])
+        np.testing.assert_array_equal(result.labels, expected_labels, err_msg=f'case {case}')
+        np.testing.assert_allclose(result.merge_costs, expected_costs, rtol=1e-12, err_msg=f'case {case}')
+        assert result.merge_costs.size == 0 or result.merge_costs[-1] <= result.threshold
+
+
+def line(*xs):
+    return np.array(xs, dtype=np.float64)[:, None]
+
+
+def test_balance_term_changes_which_pair_merges_first():
+    # A = {0, 0.05} (an existing cluster of 2), B = {0.15}, C = {1.0}, D = {1.11}:
+    # lambda = 0:    A-B costs 0.10 < C-D 0.11, so A and B merge.
+    # lambda = 0.02: A-B costs 0.10 + 0.02 * 3 = 0.16 > C-D 0.11 + 0.02 * 2 = 0.15, so C and D merge.
+    features, labels = line(0.0, 0.05, 0.15, 1.0, 1.11), np.array([0, 0, 1, 2, 3])
+    assert merge_clusters(features, labels, 1, 0.0).tolist() == [0, 0, 0, 1, 2]
+    result = bottom_up_merge(features, labels, 1, 0.02)
+    assert result.labels.tolist() == [0, 0, 1, 2, 2]
+    assert result.merge_costs == pytest.approx([0.15])
+
+
+def test_step_sizes_chain_while_refresh_and_cap_do_not():
+    # Singletons 0, 1, 2.05 and 20, 21.12 with lambda 0.1, two merges. Step-start costs:
+    # (0,1) 1.2 < (1,2.05) 1.25 < (20,21.12) 1.32, so BUC chains {0, 1, 2.05}. Refreshed after the
+    # first union, (1,2.05) costs 1.05 + 0.1 * 3 = 1.35 > 1.32; a size cap of 2 forbids it outright.
+    features, labels = line(0.0, 1.0, 2.05, 20.0, 21.12), np.arange(5)
+    assert merge_clusters(features, labels, 2, 0.1).tolist() == [0, 0, 0, 1, 2]
+    assert merge_clusters(features, labels, 2, 0.1, size_update='refresh').tolist() == [0, 0, 1, 2, 2]
+    assert merge_clusters(features, labels, 2, 0.1, max_cluster_size=2).tolist() == [0, 0, 1, 2, 2]
+
+
+def test_cluster_distance_is_single_linkage_and_sqeuclidean_option():
+    # clusters {0, 3} and {3.5}: closest images are 0.5 apart although the centroid is 2 away
+    features, labels = line(0.0, 3.0, 3.5, 10.0), np.array([5, 5, 9, 7])
+    result = bottom_up_merge(features, labels, 1, 0.0, distance='sqeuclidean')
+    assert result.labels.tolist() == [0, 0, 0, 1] and result.merge_costs == pytest.approx([0.25])
+
+
+def test_partition_invariant_to_image_order_and_accepts_torch():
+    rng = np.random.default_rng(3)
+    features, labels = random_problem(rng, 300, 16, existing_clusters=False)
+    perm = rng.permutation(300)
+    merged = merge_clusters(torch.from_numpy(features).float(), torch.from_numpy(labels), 40,
+                            points_per_cell=16)
+    merged_perm = merge_clusters(features[perm].astype(np.float32), labels[perm], 40, points_per_cell=16)
+    assert merged.dtype == np.int64 and merged.max() + 1 == 300 - 40
+    assert partition(merged) == partition(merged_perm, rows=perm)
+
+
+def partition(labels, rows=None):
+    rows = np.arange(len(labels)) if rows is None else rows
+    groups = {}
+    for row, label in zip(rows, labels, strict=True):
+        groups.setdefault(label, set()).add(int(row))
+    return {frozenset(g) for g in groups.values()}
+
+
+def test_impossible_merges_warn_and_bad_input_is_named():
+    features, labels = line(0.0, 1.0, 2.0, 3.0), np.arange(4)
+    with pytest.warns(UserWarning, match='only 2 of 3 merges'):
+        merged = merge_clusters(features, labels, 3, max_cluster_size=2)
+    assert len(np.unique(merged)) == 2
+    with pytest.raises(ValueError, match='num_merges'):
+        merge_clusters(features, labels, 4)
+    with pytest.raises(ValueError, match='labels must be 4 integers'):
+        merge_clusters(features, labels[:3], 1)
+    with pytest.raises(ValueError, match='distance'):
+        merge_clusters(features, labels, 1, distance='cosine')
+
+
+def test_balanced_cost_is_eq10():
+    assert balanced_cost(0.3, 2, 5, 0.005) == pytest.approx(0.3 + 0.005 * 7)
+
+
+def test_cluster_purity():
+    # cluster 0 = ids (1, 1, 2) -> 2 right; cluster 1 = ids (3, 4) -> 1 right (tie counts once)
+    assert cluster_purity([0, 0, 0, 1, 1], [1, 1, 2, 3, 4]) == pytest.approx(3 / 5)
+    assert cluster_purity(np.arange(4), [7, 7, 8, 8]) == 1.0
