@@ -234,7 +234,7 @@ class PairSearch:
         self.largest_cost = float(balanced_cost(max_d0, 2 * sizes.max(), 0, size_penalty))
         self.smallest_penalty = float(balanced_cost(0.0, 2 * sizes.min(), 0, size_penalty))
 
-    def nearby_pairs(self, neighbours: int = 8) -> ClusterPairs:
+    def nearby_pairs(self, neighbours: int = 3) -> ClusterPairs:
         """A cheap subset of pairs (nearest neighbours within each cell) to guess a threshold from."""
         i, j = self.cells.nearest_in_cell(self.cluster_of, neighbours)
         return self._cluster_pairs(i, j)
@@ -321,39 +321,67 @@ class VoronoiCells:
                 yield c, np.arange(start, min(start + max_rows, self.starts[c + 1]))
 
     def pairs_within_radius(self, radius, cluster_of, max_block: int = 1 << 15):
-        """All image pairs (i, j) of different clusters with |x_i - x_j| <= radius[i] (+ float margin)."""
+        """All image pairs of different clusters with |x_i - x_j| <= max(radius[i], radius[j]) (+ margin).
+
+        Each pair of cells in reach of one another is measured once (cell ``B >= A``), so the work is
+        half of a search from every point; a negative radius means the point needs no partner itself.
+        """
         radius = radius[self.order]
         margin = math.sqrt(self.sq_tolerance)
+        reach = self._cells_in_reach(radius, margin)
         found_i, found_j = [], []
         for c, rows in self._row_chunks():
-            rows = rows[radius[rows] >= 0]
-            if len(rows) == 0:
-                continue
-            cols = np.concatenate([np.arange(self.starts[b], self.starts[b + 1])
-                                   for b in self._cells_in_reach(c, rows, radius[rows] + margin)])
-            limit = (radius[rows, None] + margin) ** 2 + self.sq_tolerance
-            for start in range(0, len(cols), max_block):
-                block_cols = cols[start:start + max_block]
-                r, k = np.nonzero(self._sq_distances(rows, block_cols) <= limit)
-                i, j = self.order[rows[r]], self.order[block_cols[k]]
+            for cols in self._column_blocks(np.flatnonzero(reach[c, c:]) + c, max_block):
+                # screen with the largest radius of the block, then apply each pair's own radius
+                block_radius = max(radius[rows].max(), radius[cols].max())
+                if block_radius < 0:
+                    continue
+                sq = self._sq_distances(rows, cols)
+                r, k = np.nonzero(sq <= (block_radius + margin) ** 2 + self.sq_tolerance)
+                k += cols.start
+                pair_radius = np.maximum(radius[rows[r]], radius[k])
+                close = (pair_radius >= 0) & (sq[r, k - cols.start] <= (pair_radius + margin) ** 2
+                                              + self.sq_tolerance)
+                i, j = self.order[rows[r[close]]], self.order[k[close]]
                 other = cluster_of[i] != cluster_of[j]
                 found_i.append(i[other])
                 found_j.append(j[other])
         return _concatenate(found_i), _concatenate(found_j)
 
-    def _cells_in_reach(self, c, rows, radius):
-        """Cells that may hold a point within ``radius`` of some row of cell ``c`` (bisector bound)."""
-        to_centroids = np.maximum(
-            self.sq_norms[rows, None] + self.centroid_sq[None] - 2 * self.points[rows] @ self.centroids.T, 0)
-        # |x - y| >= (|x - c_B|^2 - |x - c_A|^2) / (2 |c_A - c_B|), written without the division
-        beyond_bisector = to_centroids - to_centroids[:, c:c + 1] - 3 * self.sq_tolerance
-        in_reach = beyond_bisector <= 2 * self.centroid_gap[c][None] * radius[:, None]
-        in_reach[:, c] = True
-        return np.flatnonzero(in_reach.any(0))
+    def _column_blocks(self, cells, max_block):
+        """Slices of the cell-sorted points covering ``cells``: runs of adjacent cells are one slice."""
+        run_breaks = np.flatnonzero(np.diff(cells) != 1) + 1
+        for run in np.split(cells, run_breaks):
+            begin, end = self.starts[run[0]], self.starts[run[-1] + 1]
+            for start in range(begin, end, max_block):
+                yield slice(start, min(start + max_block, end))
+
+    def _cells_in_reach(self, radius, margin):
+        """(cells, cells) symmetric mask: may a point of one cell lie within its radius of the other?
+
+        Bisector bound: for x in cell A and y in cell B, |x - y| >= (|x - c_B|^2 - |x - c_A|^2) /
+        (2 |c_A - c_B|); it is evaluated without the division, with float32 rounding margins.
+        """
+        num_cells = len(self.centroids)
+        reach = np.eye(num_cells, dtype=bool)
+        for c, rows in self._row_chunks():
+            rows = rows[radius[rows] >= 0]
+            if len(rows) == 0:
+                continue
+            to_centroids = np.maximum(self.sq_norms[rows, None] + self.centroid_sq[None]
+                                      - 2 * self.points[rows] @ self.centroids.T, 0)
+            beyond_bisector = to_centroids - to_centroids[:, c:c + 1] - 3 * self.sq_tolerance
+            bound_reach = 2 * self.centroid_gap[c][None] * (radius[rows, None] + margin)
+            reach[c] |= (beyond_bisector <= bound_reach).any(0)
+        return reach | reach.T
 
     def _sq_distances(self, rows, cols):
-        points = self.points
-        return self.sq_norms[rows, None] + self.sq_norms[cols][None] - 2 * points[rows] @ points[cols].T
+        """Float32 squared distances ``|x|^2 + |y|^2 - 2 x.y``, computed in place in the product."""
+        sq = self.points[rows] @ self.points[cols].T
+        sq *= -2
+        sq += self.sq_norms[rows, None]
+        sq += self.sq_norms[cols][None]
+        return sq
 
 
 def _exact_distances(features, i, j, squared, max_elements: int = 1 << 24):
