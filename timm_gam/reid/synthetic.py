@@ -210,7 +210,7 @@ def _render_image(person: _Identity, camera: _Camera, rng: np.random.Generator,
     _draw_person(canvas, person, swing=float(rng.uniform(-0.45, 0.45)), stride=float(rng.uniform(0, 0.2)))
     figure = canvas.image.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else canvas.image
 
-    # several scenes per camera and a shifting light: the background alone must not name the camera
+    # several scenes per camera and a shifting light: same-camera images must not match on background alone
     background = camera.backgrounds[rng.integers(len(camera.backgrounds))]
     start = int(rng.integers(0, background.shape[1] - width + 1))
     light = rng.uniform(0.85, 1.15, 3).astype(np.float32)
