@@ -1,0 +1,157 @@
+"""The registered GAM / CBAM ResNets: parameter counts, attention semantics, timm behaviour on tiny inputs.
+
+timm's own model test-suite (tests/test_timm_suite.py) covers the rest of the timm API contract.
+"""
+import pytest
+import timm
+import torch
+from timm.layers.cbam import ChannelAttn, SpatialAttn
+
+from timm_gam.layers import GroupedAttention, GroupedChannelAttn, GroupedSpatialAttn
+from timm_gam.models import GamBottleneck
+
+GAM_MODELS = ['gam_resnet50_g2', 'gam_resnet50_g4', 'gam_resnet50_g8', 'gam_resnet50_g16']
+BASELINES = ['cbam_resnet50', 'acbam_resnet50']
+
+# parameters without the classifier (num_classes=0); docs/models.md explains the count
+PARAMS_WITHOUT_CLASSIFIER = {
+    'gam_resnet50_g2': 15_702_320,
+    'gam_resnet50_g4': 10_533_168,
+    'gam_resnet50_g8': 7_948_592,
+    'gam_resnet50_g16': 6_656_304,
+    'cbam_resnet50': 26_040_624,
+    'acbam_resnet50': 10_455_824,
+}
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_models_are_registered():
+    assert set(timm.list_models('gam_*')) == set(GAM_MODELS)
+    assert set(BASELINES) <= set(timm.list_models('*cbam_resnet50'))
+    assert {f'{name}.unsup_market1501dev' for name in GAM_MODELS} <= set(timm.list_pretrained('gam_*'))
+    assert timm.models.get_pretrained_cfg('gam_resnet50_g4').hf_hub_id == \
+        'timm-gam/gam_resnet50_g4.unsup_market1501dev'
+
+
+@pytest.mark.parametrize('model_name', GAM_MODELS + BASELINES)
+def test_parameter_count(model_name):
+    model = timm.create_model(model_name, num_classes=0, device='meta')
+    assert count_params(model) == PARAMS_WITHOUT_CLASSIFIER[model_name]
+    embedding = timm.create_model(model_name, device='meta')
+    assert count_params(embedding) - count_params(model) == 2048 * 2048 + 2048  # default 2048-d embedding fc
+
+
+def test_paper_parameter_claim():
+    """Paper 4.1: 4 filter groups take the network "from 26 million to 10.5 million", a 59.6% reduction."""
+    gam, cbam = PARAMS_WITHOUT_CLASSIFIER['gam_resnet50_g4'], PARAMS_WITHOUT_CLASSIFIER['cbam_resnet50']
+    assert round(gam / 1e6, 1) == 10.5 and round(cbam / 1e6) == 26
+    assert round(100 * (1 - gam / cbam), 1) == 59.6
+    acbam = PARAMS_WITHOUT_CLASSIFIER['acbam_resnet50']
+    assert abs(acbam - gam) / gam < 0.01  # A-CBAM is parameter-matched to GAM
+
+
+@pytest.mark.parametrize('block_args, expected', [
+    (dict(grouped_mlp=True), 8_646_960),
+    (dict(grouped_spatial=True), 10_537_968),
+    (dict(grouped_mlp=True, grouped_spatial=True), 8_651_760),
+])
+def test_attention_grouping_options(block_args, expected):
+    model = timm.create_model('gam_resnet50_g4', num_classes=0, block_args=block_args, device='meta')
+    assert count_params(model) == expected
+
+
+@pytest.mark.parametrize('model_name, groups', [('gam_resnet50_g8', 8), ('cbam_resnet50', 1)])
+def test_every_bottleneck_conv_is_grouped(model_name, groups):
+    model = timm.create_model(model_name, device='meta')
+    blocks = [m for m in model.modules() if isinstance(m, GamBottleneck)]
+    assert len(blocks) == 16
+    assert all(conv.groups == groups for b in blocks for conv in (b.conv1, b.conv2, b.conv3))
+    assert model.layer4[-1].conv3.out_channels == 2048
+
+
+def test_bottleneck_applies_gam_before_residual_add():
+    """Paper 5.2: Bottleneck(x) = Relu(GAM(F(x)) + shortcut(x))."""
+    torch.manual_seed(0)
+    model = timm.create_model('gam_resnet50_g4', zero_init_last=False).eval()
+    block = model.layer2[0]
+    x = torch.randn(2, 256, 16, 8)
+    with torch.no_grad():
+        f = block.bn1(block.conv1(x)).relu()
+        f = block.bn2(block.conv2(f)).relu()
+        f = block.bn3(block.conv3(f))
+        expected = (block.attn(f) + block.downsample(x)).relu()
+        torch.testing.assert_close(block(x), expected)
+
+
+def test_single_group_attention_is_timm_cbam():
+    """With one group, GAM's two halves compute what timm's CBAM ChannelAttn / SpatialAttn compute."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 64, 8, 4)
+    ours, theirs = GroupedChannelAttn(64), ChannelAttn(64, mlp_bias=True)
+    theirs.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(ours(x), theirs(x))
+
+    ours, theirs = GroupedSpatialAttn().eval(), SpatialAttn().eval()
+    theirs.conv.conv.load_state_dict(ours.conv.state_dict())
+    theirs.conv.bn.load_state_dict(ours.bn.state_dict())
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_per_group_spatial_maps_stay_within_their_group():
+    """grouped_spatial: group k's output equals a one-map spatial attention run on group k alone."""
+    torch.manual_seed(0)
+    groups, x = 4, torch.randn(2, 32, 8, 4)
+    grouped = GroupedSpatialAttn(groups=groups).eval()
+    out = grouped(x)
+    for k, x_k in enumerate(x.chunk(groups, dim=1)):
+        single = GroupedSpatialAttn().eval()
+        single.conv.weight.data.copy_(grouped.conv.weight[k:k + 1])
+        torch.testing.assert_close(out.chunk(groups, dim=1)[k], single(x_k))
+
+
+@pytest.mark.parametrize('grouped_mlp, mixes_groups', [(False, True), (True, False)])
+def test_channel_mlp_grouping_controls_cross_group_attention(grouped_mlp, mixes_groups):
+    torch.manual_seed(0)
+    attn = GroupedChannelAttn(64, groups=4, grouped_mlp=grouped_mlp)
+    x = torch.randn(1, 64, 4, 4)
+    x_changed = x.clone()
+    x_changed[:, :16] += 1.  # only group 0 changes
+    other_groups_changed = not torch.allclose(attn(x)[:, 16:], attn(x_changed)[:, 16:])
+    assert other_groups_changed == mixes_groups
+
+
+def test_grouped_attention_rejects_indivisible_widths():
+    with pytest.raises(ValueError, match='not divisible by groups'):
+        GroupedAttention(48, groups=5)
+    with pytest.raises(ValueError, match='grouped_mlp'):
+        GroupedAttention(64, groups=8, grouped_mlp=True)  # 64 / 16 = 4 reduced channels
+
+
+def test_reid_pretrained_cfg():
+    cfg = timm.create_model('gam_resnet50_g4', device='meta').pretrained_cfg
+    assert cfg['input_size'] == (3, 256, 128) and cfg['pool_size'] == (8, 4)
+    assert cfg['num_classes'] == 2048 and cfg['classifier'] == 'fc' and cfg['first_conv'] == 'conv1'
+    assert cfg['mean'] == timm.data.IMAGENET_DEFAULT_MEAN and cfg['license'] == 'other'
+    assert cfg['paper_ids'] and cfg['paper_name']
+
+
+def test_timm_api_on_a_small_input():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 32)
+    model = timm.create_model('gam_resnet50_g4', num_classes=16, drop_path_rate=0.1, global_pool='max').eval()
+    assert model(x).shape == (2, 16)
+    assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (2, 2048)
+    final, intermediates = model.forward_intermediates(x, indices=2)
+    assert [t.shape[1] for t in intermediates] == [1024, 2048] and final.shape == (2, 2048, 2, 1)
+
+    model.reset_classifier(0)
+    assert model(x).shape == (2, 2048) and isinstance(model.get_classifier(), torch.nn.Identity)
+    model.set_grad_checkpointing()
+    assert model.train()(x).shape == (2, 2048)  # through timm's checkpoint_seq; backward: timm's suite
+
+    features = timm.create_model('gam_resnet50_g4', features_only=True, out_indices=(1, 4))
+    assert features.feature_info.channels() == [256, 2048] and features.feature_info.reduction() == [4, 32]
+    assert [f.shape[-2:] for f in features(x)] == [(16, 8), (2, 1)]
