@@ -138,6 +138,7 @@ def test_reid_pretrained_cfg():
     assert cfg['paper_ids'] and cfg['paper_name']
 
 
+@torch.no_grad()
 def test_timm_api_on_a_small_input():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 64, 32)
@@ -149,8 +150,6 @@ def test_timm_api_on_a_small_input():
 
     model.reset_classifier(0)
     assert model(x).shape == (2, 2048) and isinstance(model.get_classifier(), torch.nn.Identity)
-    model.set_grad_checkpointing()
-    assert model.train()(x).shape == (2, 2048)  # through timm's checkpoint_seq; backward: timm's suite
 
     features = timm.create_model('gam_resnet50_g4', features_only=True, out_indices=(1, 4))
     assert features.feature_info.channels() == [256, 2048] and features.feature_info.reduction() == [4, 32]
