@@ -1,0 +1,473 @@
+"""Label-free training of a re-ID embedding: the staged schedule of the paper (Sec. 4, 5.2).
+
+Stage 0 trains with every image its own cluster (|M| = n). Each later stage first embeds the whole
+training set once, merges the closest clusters bottom-up (Eq. 9-10, :func:`merge_clusters`), rebuilds
+the memory bank from the new clusters, then trains again with the total loss of Eq. 11,
+``J = J_idl + J_acl``. After every stage the query/gallery split (when labelled) is evaluated with
+the Market-1501 protocol and a checkpoint is written; a run resumes from its last checkpoint.
+
+Identity labels are read from file names for evaluation and for the cluster-purity diagnostic only:
+training, clustering and the memory never see them, and the order of the file list does not matter
+(batches are shuffled, centroids come from embeddings, merging depends on distances alone).
+"""
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
+from .clustering import cluster_purity, merge_clusters
+from .datasets import ReidImageDataset, ReidSplits, check_images, load_reid_dataset
+from .distributed import all_gather_keeping_grad, all_gather_rows, broadcast_tensor, init_process_group
+from .embedding import ReidEmbedder, create_embedder, extract_embeddings
+from .evaluation import evaluate_embeddings
+from .losses import acl_loss, idl_loss
+from .memory import ClusterMemory
+from .synthetic import make_synthetic_reid
+from .transforms import TwoViews, build_eval_transform, build_train_transform
+
+__all__ = ['TrainConfig', 'Trainer', 'train', 'evaluate_split', 'evaluate_run', 'prepare_data', 'LOSSES']
+
+LOSSES = ('idl', 'acl', 'idl+acl')
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved into each checkpoint and the run folder."""
+    output: str = 'runs/unsup_reid'
+    data_root: str | None = None  # None: generate the embedded synthetic set into output/data
+    layout: str = 'auto'  # market1501 | dukemtmc | folder | auto
+    model: str = 'gam_resnet50_g4'  # any timm model name
+    pretrained: bool = False
+    embed_dim: int = 2048
+    image_size: tuple[int, int] = (256, 128)  # (height, width), paper 5.2
+    loss: str = 'idl+acl'
+    temperature: float = 0.1  # tau of Eq. 4, 5 and 7
+    memory_momentum: float = 0.5
+    batch_size: int = 32
+    lr: float | None = None  # None: 0.1 from scratch, 0.01 from pretrained weights (paper 5.2)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_decay_epochs: int = 25  # the learning rate drops by lr_decay every this many epochs
+    lr_decay: float = 0.1
+    warmup_epochs: int = 20  # stage 0: singletons, before the first merge
+    epochs_per_stage: int = 2
+    stages: int = 16  # merge stages after stage 0
+    merge_percent: float = 0.04  # of the training images, merged per stage (paper: 4%)
+    size_penalty: float = 0.005  # lambda of Eq. 10
+    cluster_distance: str = 'euclidean'  # Eq. 9; 'sqeuclidean' as BUC's code
+    size_update: str = 'step'  # 'step' (BUC) or 'refresh' after each union
+    max_cluster_size: int | None = None
+    target_clusters: int = 1  # label-free stop: merging ends at this many clusters
+    seed: int = 0
+    workers: int = 2
+    device: str = 'auto'
+    amp: bool = True  # bf16 autocast on CUDA
+    channels_last: bool = False
+    eval_batch_size: int = 128
+    synthetic: dict = field(default_factory=dict)  # arguments of make_synthetic_reid
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f'loss must be one of {LOSSES}, got {self.loss!r}')
+        self.image_size = tuple(self.image_size)
+
+    @property
+    def base_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.01 if self.pretrained else 0.1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(name)
+
+
+def prepare_data(config: TrainConfig) -> ReidSplits:
+    """The data splits of a run, with unreadable images dropped and counted."""
+    root = config.data_root
+    if root is None:
+        root = make_synthetic_reid(Path(config.output) / 'data' / 'synthetic', seed=config.seed,
+                                   **config.synthetic)
+    splits = load_reid_dataset(root, layout=config.layout)
+    for split in ('train', 'query', 'gallery'):
+        images = getattr(splits, split)
+        good = check_images(images, on_error='skip')
+        if len(good) < len(images):
+            print(f'[data] {split}: skipped {len(images) - len(good)} unreadable image(s) '
+                  f'under {splits.root}')
+        setattr(splits, split, good)
+    if not splits.train:
+        raise ValueError(f'no readable training images under {splits.root}')
+    return splits
+
+
+class RunLog:
+    """``log.jsonl`` (one JSON object per line) and ``metrics.json`` in the output folder."""
+
+    def __init__(self, output: Path):
+        self.path = output / 'log.jsonl'
+        self.metrics_path = output / 'metrics.json'
+        self._drop_partial_last_line()
+
+    def _drop_partial_last_line(self):
+        # a run killed mid-write leaves a line without its newline: cut it so every line parses
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b'\n'):
+            self.path.write_bytes(data[:data.rfind(b'\n') + 1])
+
+    def write(self, event: str, **fields):
+        line = json.dumps({'event': event, 'time': time.time(), **fields}, default=_jsonable) + '\n'
+        with open(self.path, 'a') as f:
+            f.write(line)
+
+    def write_metrics(self, metrics: dict):
+        atomic_write_text(self.metrics_path, json.dumps(metrics, indent=2, default=_jsonable) + '\n')
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f'{type(value).__name__} is not JSON serialisable')
+
+
+def evaluate_split(query_embeddings, gallery_embeddings, query, gallery) -> dict:
+    """CMC rank-1/5/10 and mAP (percent), Market-1501 protocol, for embeddings of labelled images."""
+    def ids(images, key):
+        return np.array([getattr(im, key) for im in images])
+    return evaluate_embeddings(query_embeddings, gallery_embeddings, ids(query, 'pid'), ids(gallery, 'pid'),
+                               ids(query, 'camid'), ids(gallery, 'camid'))
+
+
+def _amp_dtype(config: TrainConfig, device: torch.device):
+    return torch.bfloat16 if config.amp and device.type == 'cuda' else None
+
+
+def _has_labels(images) -> bool:
+    return bool(images) and all(im.pid >= 0 for im in images)
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """Step decay of paper 5.2: the base rate, divided by 10 every ``lr_decay_epochs`` epochs."""
+    return config.base_lr * config.lr_decay ** (epoch // config.lr_decay_epochs)
+
+
+def stage_epochs(config: TrainConfig, stage: int) -> int:
+    return config.warmup_epochs if stage == 0 else config.epochs_per_stage
+
+
+def merges_for_stage(config: TrainConfig, num_images: int, num_clusters: int) -> int:
+    """Paper 5.2: 4% of the images merged per stage, never below ``target_clusters`` clusters."""
+    wanted = max(1, int(round(config.merge_percent * num_images)))
+    return max(0, min(wanted, num_clusters - config.target_clusters))
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what a checkpoint holds besides the weights and the optimiser."""
+    stage: int = 0
+    epoch_in_stage: int = 0
+    epoch: int = 0  # epochs done over the whole run: drives the learning-rate schedule
+    cluster_labels: torch.Tensor | None = None
+    memory: ClusterMemory | None = None
+    history: dict = field(default_factory=lambda: {'stages': []})
+    elapsed_s: float = 0.0  # training wall time before this process started
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), 'memory': self.memory.state_dict() if self.memory is not None else None}
+
+    @classmethod
+    def from_dict(cls, state: dict, device) -> 'RunState':
+        memory = state['memory'] and ClusterMemory.from_state_dict(state['memory']).to(device)
+        return cls(**{**state, 'memory': memory})
+
+
+class Trainer:
+    """The staged schedule for one process; under torchrun, one such object per rank."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.output = Path(config.output)
+        self.checkpoint_path = self.output / 'checkpoint.pt'
+        self.group = init_process_group(resolve_device(config.device))
+        self.device = self.group.device
+        if self.group.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+        self.splits = self._prepare_data_once()
+        self.can_evaluate = _has_labels(self.splits.query) and _has_labels(self.splits.gallery)
+
+        torch.manual_seed(config.seed)
+        self.model = create_embedder(config.model, config.embed_dim, pretrained=config.pretrained)
+        self.model.to(self.device, memory_format=_memory_format(config))
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.base_lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay, nesterov=True)
+        self.train_model = self.model
+        if self.group.is_distributed:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+        self.log = RunLog(self.output) if self.group.is_main else None
+        self.started = time.time()
+
+    def _prepare_data_once(self) -> ReidSplits:
+        # rank 0 generates the synthetic set (if any) before the other ranks read it
+        if not self.group.is_main:
+            self.group.barrier()
+        splits = prepare_data(self.config)
+        if self.group.is_main:
+            self.group.barrier()
+        return splits
+
+    # -- the schedule ---------------------------------------------------------------------------
+
+    def run(self, resume: bool = False) -> dict:
+        state = self._resume() if resume and self.checkpoint_path.exists() else self._fresh_state()
+        while state.stage <= self.config.stages:
+            if state.epoch_in_stage == 0:
+                self._begin_stage(state)
+            while state.epoch_in_stage < stage_epochs(self.config, state.stage):
+                self._train_epoch(state)
+                if state.epoch_in_stage < stage_epochs(self.config, state.stage):
+                    self._save(state)
+            self._end_stage(state)
+            self._save(state)
+        return self._finish(state)
+
+    def _fresh_state(self) -> RunState:
+        state = RunState(cluster_labels=torch.arange(len(self.splits.train)))  # |M| = n: singletons
+        if self.group.is_main:
+            (self.output / 'config.json').write_text(json.dumps(asdict(self.config), indent=2) + '\n')
+        if self.can_evaluate:
+            state.history['untrained'] = before = self.evaluate()
+            self._report('eval', f'untrained: {_format_metrics(before)}', stage=-1, **before)
+        return state
+
+    def _resume(self) -> RunState:
+        saved = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        load_model_weights(self.model, saved, self.config.model, self.checkpoint_path)
+        self.optimizer.load_state_dict(saved['optimizer'])
+        state = RunState.from_dict(saved['state'], self.device)
+        if len(state.cluster_labels) != len(self.splits.train):
+            raise CheckpointError(f'{self.checkpoint_path} was trained on {len(state.cluster_labels)} '
+                                  f'images, the data has {len(self.splits.train)}: resume with the same '
+                                  '--data-root')
+        self._report('resume', f'{self.checkpoint_path}: stage {state.stage}, epoch {state.epoch}',
+                     stage=state.stage, epoch=state.epoch)
+        return state
+
+    def _begin_stage(self, state: RunState):
+        """Embed the training set; from stage 1 on, merge clusters first (Eq. 9-10); rebuild M."""
+        if 'acl' not in self.config.loss:
+            return  # IDL alone needs neither clusters nor memory
+        embeddings = self.embed(self.splits.train)
+        if state.stage > 0:
+            num_clusters = int(state.cluster_labels.max()) + 1
+            num_merges = merges_for_stage(self.config, len(self.splits.train), num_clusters)
+            start = time.perf_counter()
+            labels = torch.as_tensor(merge_clusters(
+                embeddings, state.cluster_labels.numpy(), num_merges, self.config.size_penalty,
+                distance=self.config.cluster_distance, size_update=self.config.size_update,
+                max_cluster_size=self.config.max_cluster_size), dtype=torch.long)
+            state.cluster_labels = broadcast_tensor(labels, self.group)  # rank 0's clustering rules
+            self._report('merge', None, stage=state.stage, merges=num_merges,
+                         num_clusters=int(state.cluster_labels.max()) + 1,
+                         seconds=time.perf_counter() - start)
+        state.memory = ClusterMemory.from_embeddings(embeddings, state.cluster_labels,
+                                                     self.config.memory_momentum).to(self.device)
+
+    def _train_epoch(self, state: RunState):
+        for group in self.optimizer.param_groups:
+            group['lr'] = learning_rate(self.config, state.epoch)
+        desc = f'stage {state.stage} epoch {state.epoch_in_stage + 1}'
+        try:
+            stats = self._train_one_epoch(self._train_loader(state.epoch), state, desc)
+        except FloatingPointError as e:
+            raise FloatingPointError(f'{desc}: {e}. Training stopped; the last good checkpoint '
+                                     f'{self.checkpoint_path} is kept (lower --lr, then --resume).') from e
+        state.epoch += 1
+        state.epoch_in_stage += 1
+        losses = f'loss {stats["loss"]:.4f} (idl {stats["idl"]:.4f} acl {stats["acl"]:.4f})'
+        self._report('epoch', f'{desc}: {losses} {stats["images_per_s"]:.1f} img/s', stage=state.stage,
+                     epoch=state.epoch, lr=learning_rate(self.config, state.epoch - 1), **stats)
+
+    def _end_stage(self, state: RunState):
+        num_clusters = int(state.cluster_labels.max()) + 1
+        record = {'stage': state.stage, 'epoch': state.epoch, 'num_clusters': num_clusters,
+                  'wall_time_s': state.elapsed_s + time.time() - self.started}
+        train_pids = np.array([im.pid for im in self.splits.train])
+        if (train_pids >= 0).all():  # a diagnostic: file-name labels never reach training
+            record['cluster_purity'] = cluster_purity(state.cluster_labels.numpy(), train_pids)
+        if self.can_evaluate:
+            record.update(self.evaluate())
+        state.history['stages'].append(record)
+        self._report('stage', f'stage {state.stage}: {num_clusters} clusters, {_format_metrics(record)}',
+                     **record)
+        reached_target = num_clusters <= self.config.target_clusters
+        state.stage = self.config.stages + 1 if reached_target else state.stage + 1
+        state.epoch_in_stage = 0
+
+    def _finish(self, state: RunState) -> dict:
+        final = dict(state.history['stages'][-1]) if state.history['stages'] else {}
+        final.update(model=self.config.model, loss=self.config.loss, num_train_images=len(self.splits.train),
+                     wall_time_s=state.elapsed_s + time.time() - self.started,
+                     untrained=state.history.get('untrained'), history=state.history['stages'])
+        if self.log:
+            self.log.write_metrics(final)
+        return final
+
+    # -- one epoch ------------------------------------------------------------------------------
+
+    def _train_loader(self, epoch: int) -> DataLoader:
+        config, group = self.config, self.group
+        transform = TwoViews(build_eval_transform(config.image_size),
+                             build_train_transform(config.image_size))
+        dataset = ReidImageDataset(self.splits.train, transform)
+        # the shuffle and the augmentations depend on (seed, epoch) only, so a resumed run draws the
+        # batches an uninterrupted one would; rank r takes every world_size-th image of one global
+        # permutation, so the ranks' shares of a step make up the single-process batch
+        sampler = DistributedSampler(dataset, num_replicas=group.world_size, rank=group.rank, shuffle=True,
+                                     seed=config.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        torch.manual_seed(config.seed * 100_003 + epoch * group.world_size + group.rank)
+        share = max(1, min(config.batch_size, len(dataset)) // group.world_size)
+        return DataLoader(dataset, batch_size=share, sampler=sampler, drop_last=True,
+                          num_workers=config.workers, pin_memory=self.device.type == 'cuda')
+
+    def _train_one_epoch(self, loader: DataLoader, state: RunState, desc: str) -> dict:
+        """One pass over the shuffled training set; mean losses and images per second."""
+        config, device, group = self.config, self.device, self.group
+        use_idl, use_acl = 'idl' in config.loss, 'acl' in config.loss
+        amp_dtype = _amp_dtype(config, device)
+        self.train_model.train()
+        totals = {'loss': 0.0, 'idl': 0.0, 'acl': 0.0}
+        seen, steps, start = 0, 0, time.perf_counter()
+        bar = tqdm(loader, desc=desc, unit='batch', dynamic_ncols=True, leave=False,
+                   disable=not (group.is_main and _progress_enabled()))
+        for (anchor_view, augmented_view), index in bar:
+            views = torch.cat([anchor_view, augmented_view]).to(device, non_blocking=True,
+                                                                 memory_format=_memory_format(config))
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                embeddings = self.train_model(views)
+            local_batch = len(anchor_view)
+            # losses over the global batch, identical on every rank (see all_gather_keeping_grad)
+            anchor = all_gather_keeping_grad(embeddings[:local_batch], group)
+            augmented = all_gather_keeping_grad(embeddings[local_batch:], group)
+            labels = all_gather_rows(state.cluster_labels[index].to(device), group)
+            idl = idl_loss(anchor, augmented, config.temperature) if use_idl else anchor.new_zeros(())
+            acl = (acl_loss(torch.cat([anchor, augmented]), labels.repeat(2), state.memory.centroids,
+                            config.temperature) if use_acl else anchor.new_zeros(()))
+            loss = idl + acl  # Eq. 11
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f'the loss became {loss.item()} '
+                                         f'(idl {idl.item()}, acl {acl.item()})')
+            self.optimizer.zero_grad(set_to_none=True)
+            (loss * group.world_size).backward()
+            self.optimizer.step()
+            if use_acl:
+                state.memory.update(anchor.detach(), labels)  # the optimised features update M (Sec. 4.3)
+
+            seen += len(anchor)
+            steps += 1
+            for name, value in (('loss', loss), ('idl', idl), ('acl', acl)):
+                totals[name] += value.item()
+            bar.set_postfix(loss=f'{loss.item():.3f}', img_s=f'{seen / (time.perf_counter() - start):.1f}')
+        elapsed = time.perf_counter() - start
+        return {**{k: v / max(steps, 1) for k, v in totals.items()},
+                'images_per_s': seen / max(elapsed, 1e-9), 'seconds': elapsed}
+
+    # -- embeddings, evaluation, bookkeeping ----------------------------------------------------
+
+    def embed(self, images) -> torch.Tensor:
+        """Embeddings of ``images`` in order; under torchrun each rank embeds a contiguous share."""
+        share = np.array_split(np.arange(len(images)), self.group.world_size)[self.group.rank]
+        config = self.config
+        mine = extract_embeddings(self.model, [images[i] for i in share],
+                                  build_eval_transform(config.image_size), batch_size=config.eval_batch_size,
+                                  num_workers=config.workers,
+                                  device=self.device, amp_dtype=_amp_dtype(config, self.device))
+        return all_gather_rows(mine.to(self.device), self.group).cpu()
+
+    def evaluate(self) -> dict:
+        return evaluate_split(self.embed(self.splits.query), self.embed(self.splits.gallery),
+                              self.splits.query, self.splits.gallery)
+
+    def _save(self, state: RunState):
+        if not self.group.is_main:
+            return
+        state.elapsed_s, self.started = state.elapsed_s + time.time() - self.started, time.time()
+        save_checkpoint({'config': asdict(self.config), 'model_name': self.config.model,
+                         'embed_dim': self.config.embed_dim, 'model': self.model.backbone.state_dict(),
+                         'optimizer': self.optimizer.state_dict(), 'state': state.to_dict()},
+                        self.checkpoint_path)
+
+    def _report(self, event: str, message: str | None, **fields):
+        if not self.group.is_main:
+            return
+        self.log.write(event, **fields)
+        if message:
+            print(f'[{event}] {message}', flush=True)
+
+
+def train(config: TrainConfig, resume: bool = False) -> dict:
+    """Run (or resume) the whole staged schedule; returns the final metrics."""
+    return Trainer(config).run(resume=resume)
+
+
+def _memory_format(config: TrainConfig):
+    return torch.channels_last if config.channels_last else torch.contiguous_format
+
+
+def _progress_enabled() -> bool:
+    return os.environ.get('TIMM_GAM_PROGRESS', '1') != '0'
+
+
+def load_model_weights(model: ReidEmbedder, state: dict, model_name: str, path) -> None:
+    """Load a checkpoint's weights, with a clear message when it is from another model or size."""
+    if state['model_name'] != model_name:
+        raise CheckpointError(f'{path} holds a {state["model_name"]!r} model, not {model_name!r}: pass '
+                              f'--model {state["model_name"]}, or the checkpoint of a {model_name} run')
+    if state['embed_dim'] != model.embed_dim:
+        raise CheckpointError(f'{path} has embedding size {state["embed_dim"]}, the model {model.embed_dim}: '
+                              f'pass --embed-dim {state["embed_dim"]}')
+    model.backbone.load_state_dict(state['model'])
+
+
+def _format_metrics(metrics: dict) -> str:
+    keys = [k for k in ('rank1', 'rank5', 'rank10', 'mAP', 'cluster_purity') if k in metrics]
+    return ' '.join(f'{k} {metrics[k]:.1f}' if k != 'cluster_purity' else f'purity {metrics[k]:.3f}'
+                    for k in keys) or '(no labelled query/gallery)'
+
+
+def evaluate_run(config: TrainConfig, checkpoint: str | None = None) -> dict:
+    """``--eval-only``: a training checkpoint, or the model's pretrained (Hub) weights, on query/gallery."""
+    device = resolve_device(config.device)
+    splits = prepare_data(config)
+    if not (_has_labels(splits.query) and _has_labels(splits.gallery)):
+        raise ValueError(f'{splits.root} has no labelled query/gallery split to evaluate on: give a '
+                         'Market-1501 or DukeMTMC-reID layout with query/ and bounding_box_test/')
+    if checkpoint:
+        state = load_checkpoint(checkpoint)
+        model = create_embedder(state['model_name'], state['embed_dim'])
+        load_model_weights(model, state, state['model_name'], checkpoint)
+        config.image_size = tuple(state['config']['image_size'])
+    else:
+        model = create_embedder(config.model, config.embed_dim, pretrained=True)
+        config.image_size = tuple(model.backbone.pretrained_cfg['input_size'][1:])  # as it was trained
+    model.to(device)
+    embed = dict(transform=build_eval_transform(config.image_size), batch_size=config.eval_batch_size,
+                 num_workers=config.workers, device=device, amp_dtype=_amp_dtype(config, device))
+    metrics = evaluate_split(extract_embeddings(model, splits.query, **embed),
+                             extract_embeddings(model, splits.gallery, **embed), splits.query, splits.gallery)
+    print(f'[eval] {_format_metrics(metrics)}')
+    return metrics
