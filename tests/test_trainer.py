@@ -40,7 +40,8 @@ def test_run_folder_has_valid_log_metrics_and_checkpoint(tiny_run):
 
 def test_eval_only_reproduces_final_metrics(tiny_run):
     config, metrics = tiny_run
-    again = evaluate_run(TrainConfig(output=config.output, **TINY), checkpoint=f'{config.output}/checkpoint.pt')
+    checkpoint = f'{config.output}/checkpoint.pt'
+    again = evaluate_run(TrainConfig(output=config.output, **TINY), checkpoint=checkpoint)
     for key in ('rank1', 'mAP'):
         assert again[key] == pytest.approx(metrics[key], abs=1e-6)
 

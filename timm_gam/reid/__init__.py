@@ -10,8 +10,15 @@ Paper section -> function:
 """
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .clustering import cluster_purity, merge_clusters
-from .datasets import (ImageLoadError, ReidImage, ReidImageDataset, ReidSplits, check_images, load_image,
-                       load_reid_dataset)
+from .datasets import (
+                       ImageLoadError,
+                       ReidImage,
+                       ReidImageDataset,
+                       ReidSplits,
+                       check_images,
+                       load_image,
+                       load_reid_dataset,
+)
 from .embedding import ReidEmbedder, create_embedder, extract_embeddings
 from .evaluation import evaluate_embeddings, evaluate_rank, pairwise_euclidean
 from .losses import acl_loss, idl_loss
@@ -21,9 +28,9 @@ from .trainer import TrainConfig, evaluate_run, train
 from .transforms import TwoViews, build_eval_transform, build_train_transform
 
 __all__ = [
-    'CheckpointError', 'ClusterMemory', 'ImageLoadError', 'check_images', 'ReidEmbedder', 'ReidImage', 'ReidImageDataset', 'ReidSplits',
-    'TrainConfig', 'TwoViews', 'acl_loss', 'build_eval_transform', 'build_train_transform',
-    'cluster_purity', 'create_embedder', 'evaluate_embeddings', 'evaluate_rank', 'evaluate_run',
-    'extract_embeddings', 'idl_loss', 'load_checkpoint', 'load_image', 'load_reid_dataset',
+    'CheckpointError', 'ClusterMemory', 'ImageLoadError', 'ReidEmbedder', 'ReidImage', 'ReidImageDataset',
+    'ReidSplits', 'TrainConfig', 'TwoViews', 'acl_loss', 'build_eval_transform', 'build_train_transform',
+    'check_images', 'cluster_purity', 'create_embedder', 'evaluate_embeddings', 'evaluate_rank',
+    'evaluate_run', 'extract_embeddings', 'idl_loss', 'load_checkpoint', 'load_image', 'load_reid_dataset',
     'make_synthetic_reid', 'merge_clusters', 'pairwise_euclidean', 'save_checkpoint', 'train',
 ]
