@@ -71,6 +71,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA
     channels_last: bool = False
     eval_batch_size: int = 128
+    log_every: int = 50  # steps between 'step' lines in log.jsonl (and on stdout without a progress bar)
     synthetic: dict = field(default_factory=dict)  # arguments of make_synthetic_reid
 
     def __post_init__(self):
@@ -381,7 +382,16 @@ class Trainer:
             steps += 1
             for name, value in (('loss', loss), ('idl', idl), ('acl', acl)):
                 totals[name] += value.item()
-            bar.set_postfix(loss=f'{loss.item():.3f}', img_s=f'{seen / (time.perf_counter() - start):.1f}')
+            images_per_s = seen / (time.perf_counter() - start)
+            bar.set_postfix(loss=f'{loss.item():.3f}', img_s=f'{images_per_s:.1f}')
+            if steps % config.log_every == 0:
+                eta_min = (len(loader) - steps) * len(anchor) / max(images_per_s, 1e-9) / 60
+                # the progress bar already shows this; without one (logs, CI), print it
+                message = None if not bar.disable else (
+                    f'{desc}: step {steps}/{len(loader)} loss {loss.item():.4f} {images_per_s:.1f} img/s, '
+                    f'{eta_min:.1f} min left in the epoch')
+                self._report('step', message, stage=state.stage, epoch=state.epoch, step=steps,
+                             loss=loss.item(), images_per_s=images_per_s)
         elapsed = time.perf_counter() - start
         return {**{k: v / max(steps, 1) for k, v in totals.items()},
                 'images_per_s': seen / max(elapsed, 1e-9), 'seconds': elapsed}
