@@ -450,7 +450,11 @@ def load_model_weights(model: ReidEmbedder, state: dict, model_name: str, path) 
     if state['embed_dim'] != model.embed_dim:
         raise CheckpointError(f'{path} has embedding size {state["embed_dim"]}, the model {model.embed_dim}: '
                               f'pass --embed-dim {state["embed_dim"]}')
-    model.backbone.load_state_dict(state['model'])
+    try:
+        model.backbone.load_state_dict(state['model'])
+    except RuntimeError as e:  # names or shapes that do not fit: a hand-edited or foreign checkpoint
+        raise CheckpointError(f'the weights in {path} do not fit a {model_name!r} model ({str(e)[:300]}); '
+                              'pass a checkpoint.pt written by recipes/unsup_reid.py for this model') from e
 
 
 def _format_metrics(metrics: dict) -> str:
