@@ -294,8 +294,10 @@ class Trainer:
         try:
             stats = self._train_one_epoch(self._train_loader(state.epoch), state, desc)
         except FloatingPointError as e:
-            raise FloatingPointError(f'{desc}: {e}. Training stopped; the last good checkpoint '
-                                     f'{self.checkpoint_path} is kept (lower --lr, then --resume).') from e
+            kept = (f'the last good checkpoint {self.checkpoint_path} is kept'
+                    if self.checkpoint_path.exists() else 'no checkpoint was written yet')
+            raise FloatingPointError(f'{desc}: {e}. Training stopped; {kept} '
+                                     '(lower --lr, then --resume).') from e
         state.epoch += 1
         state.epoch_in_stage += 1
         losses = f'loss {stats["loss"]:.4f} (idl {stats["idl"]:.4f} acl {stats["acl"]:.4f})'
@@ -392,6 +394,10 @@ class Trainer:
                     f'{eta_min:.1f} min left in the epoch')
                 self._report('step', message, stage=state.stage, epoch=state.epoch, step=steps,
                              loss=loss.item(), images_per_s=images_per_s)
+        # a finite loss can still have overflowing gradients: the next step's loss would catch that,
+        # but after the epoch's last step the weights go to evaluation and the checkpoint instead
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise FloatingPointError("the weights became non-finite in the epoch's last step")
         elapsed = time.perf_counter() - start
         return {**{k: v / max(steps, 1) for k, v in totals.items()},
                 'images_per_s': seen / max(elapsed, 1e-9), 'seconds': elapsed}
