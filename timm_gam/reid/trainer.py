@@ -7,9 +7,11 @@ the memory bank from the new clusters, then trains again with the total loss of 
 the Market-1501 protocol and a checkpoint is written; a run resumes from its last checkpoint.
 
 Identity labels are read from file names for evaluation and for the cluster-purity diagnostic only:
-training, clustering and the memory never see them, and the order of the file list does not matter
-(batches are shuffled, centroids come from embeddings, merging depends on distances alone).
+training, clustering and the memory never see them. Neither the order of the file list nor the file
+names matter: the training list is put in content order (:func:`in_content_order`) before the
+seeded shuffle draws batches from it, centroids come from embeddings, merging depends on distances.
 """
+import hashlib
 import json
 import os
 import time
@@ -108,7 +110,21 @@ def prepare_data(config: TrainConfig) -> ReidSplits:
         setattr(splits, split, good)
     if not splits.train:
         raise ValueError(f'no readable training images under {splits.root}')
+    splits.train = in_content_order(splits.train)
     return splits
+
+
+def in_content_order(images: list) -> list:
+    """``images`` sorted by a digest of each file's bytes (then path, for byte-identical copies).
+
+    The shuffle permutes positions in this list and cluster labels are keyed by them, so a list
+    sorted by path would make a run depend on what the files are called: renaming them, or
+    another reader listing them differently, would draw other batches. In content order the same
+    images always train the same way, whatever their names.
+    """
+    def key(image):
+        return hashlib.sha1(Path(image.path).read_bytes()).hexdigest(), image.path
+    return sorted(images, key=key)
 
 
 class RunLog:
@@ -259,10 +275,12 @@ class Trainer:
         load_model_weights(self.model, saved, self.config.model, self.checkpoint_path)
         self.optimizer.load_state_dict(saved['optimizer'])
         state = RunState.from_dict(saved['state'], self.device)
-        if len(state.cluster_labels) != len(self.splits.train):
-            raise CheckpointError(f'{self.checkpoint_path} was trained on {len(state.cluster_labels)} '
-                                  f'images, the data has {len(self.splits.train)}: resume with the same '
-                                  '--data-root')
+        if saved.get('train_images') != self._train_images_fingerprint():
+            # cluster labels and memory slots are keyed by position: another list would scramble them
+            raise CheckpointError(f'{self.checkpoint_path} was trained on another list of images '
+                                  f'({len(state.cluster_labels)} of them, the data has '
+                                  f'{len(self.splits.train)}, or in another order): resume with the same '
+                                  '--data-root and code version, or start afresh in a new --output')
         self._report('resume', f'{self.checkpoint_path}: stage {state.stage}, epoch {state.epoch}',
                      stage=state.stage, epoch=state.epoch)
         return state
@@ -424,8 +442,14 @@ class Trainer:
         state.elapsed_s, self.started = state.elapsed_s + time.time() - self.started, time.time()
         save_checkpoint({'config': asdict(self.config), 'model_name': self.config.model,
                          'embed_dim': self.config.embed_dim, 'model': self.model.backbone.state_dict(),
-                         'optimizer': self.optimizer.state_dict(), 'state': state.to_dict()},
+                         'optimizer': self.optimizer.state_dict(), 'state': state.to_dict(),
+                         'train_images': self._train_images_fingerprint()},
                         self.checkpoint_path)
+
+    def _train_images_fingerprint(self) -> str:
+        """Which training images, in which order, the saved cluster labels refer to."""
+        names = '\n'.join(os.path.relpath(im.path, self.splits.root) for im in self.splits.train)
+        return hashlib.sha1(names.encode()).hexdigest()
 
     def _report(self, event: str, message: str | None, **fields):
         if not self.group.is_main:
