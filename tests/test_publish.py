@@ -1,0 +1,160 @@
+"""recipes/publish.py: a training checkpoint becomes a complete Hub folder that timm loads offline.
+
+The offline loading reuses test_hub's subprocess (``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` are read when
+huggingface_hub is imported, so they are set in a fresh process).
+"""
+import copy
+import importlib.util
+import json
+import shlex
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+from release_checkpoints import tiny_training_run
+from test_hub import assert_same_tensors, run_offline
+
+from timm_gam import hub, release
+from timm_gam.reid import ReidEmbedder
+from timm_gam.reid.checkpoint import load_checkpoint
+from timm_gam.reid.trainer import TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FP32_REPO_ID = 'timm-gam/test_convnext.publish-fp32'
+FP16_REPO_ID = 'timm-gam/test_convnext.publish-fp16'
+
+
+def load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / 'recipes' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    config, metrics = tiny_training_run(tmp_path_factory.mktemp('run'))
+    return config, metrics, Path(config.output) / 'checkpoint.pt', Path(config.output) / 'data' / 'synthetic'
+
+
+@pytest.fixture(scope='module')
+def published(tiny_run, tmp_path_factory):
+    """fp32 and fp16 dry-run folders, metrics measured by the publish command on the synthetic query set."""
+    _, _, checkpoint, data_root = tiny_run
+    out = tmp_path_factory.mktemp('hub')
+    publish = load_recipe('publish')
+    common = ['--checkpoint', str(checkpoint), '--data-root', str(data_root), '--dry-run']
+    fp32 = publish.main([*common, '--repo-id', FP32_REPO_ID, '--output', str(out / 'fp32')])
+    fp16 = publish.main([*common, '--repo-id', FP16_REPO_ID, '--output', str(out / 'fp16'), '--fp16'])
+    return fp32, fp16
+
+
+def test_dry_run_writes_a_complete_folder(tiny_run, published):
+    config, metrics, _, _ = tiny_run
+    fp32, fp16 = published
+    for folder in (fp32, fp16):
+        assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    hf_config = json.loads((fp32 / 'config.json').read_text())
+    assert hf_config['architecture'] == 'test_convnext'
+    assert hf_config['num_classes'] == config.embed_dim
+    pretrained_cfg = hf_config['pretrained_cfg']
+    assert pretrained_cfg['input_size'] == [3, *config.image_size]  # trained size, not the model's default
+    assert pretrained_cfg['mean'] == list(timm.data.IMAGENET_DEFAULT_MEAN)
+    assert pretrained_cfg['crop_pct'] == 1.0
+    assert safetensors.torch.load_file(fp16 / 'model.safetensors')['head.fc.weight'].dtype == torch.float16
+
+
+def test_card_reports_what_publish_measured(tiny_run, published):
+    config, metrics, _, data_root = tiny_run
+    card = (published[0] / 'README.md').read_text()
+    assert 'Measured by `recipes/publish.py` on the published fp32 weights' in card
+    # the same weights on the same data: the numbers of the run's own last evaluation
+    row = ' | '.join(f'{metrics[k]:.1f}' for k in ('rank1', 'rank5', 'rank10', 'mAP'))
+    assert f'| {row} |' in card
+    assert f'`{data_root}`' in card
+    assert release.recipe_command(json.loads(Path(config.output, 'config.json').read_text())) in card
+    sections = ('## Usage', '## Results', '## Model', '## Training', '## Data and licence', '## Limitations')
+    assert all(section in card for section in sections)
+    assert "timm.create_model('test_convnext', pretrained=True)" in card and 'F.normalize' in card
+    assert 'synthetic' in card and 'parameters' in card and 'GMACs' in card
+    assert 'fp16 weights' in (published[1] / 'README.md').read_text()
+
+
+def test_folders_load_offline_with_the_published_tensors(tiny_run, published, tmp_path):
+    _, _, checkpoint, _ = tiny_run
+    cache, out = tmp_path / 'cache', tmp_path / 'loaded'
+    out.mkdir()
+    hub.install_into_hf_cache(published[0], FP32_REPO_ID, cache_dir=cache)
+    hub.install_into_hf_cache(published[1], FP16_REPO_ID, cache_dir=cache)
+    result = run_offline(cache, out, [(f'hf-hub:{FP32_REPO_ID}', {}), (f'hf-hub:{FP16_REPO_ID}', {})])
+    assert result.returncode == 0, result.stderr
+    trained = load_checkpoint(checkpoint)['model']
+    assert_same_tensors(trained, safetensors.torch.load_file(out / '0.safetensors'))
+    rounded = {k: v.half().float() if v.is_floating_point() else v for k, v in trained.items()}
+    assert_same_tensors(rounded, safetensors.torch.load_file(out / '1.safetensors'))
+
+
+def test_without_data_root_the_card_copies_the_checkpoint_history(tiny_run, tmp_path):
+    _, metrics, checkpoint, _ = tiny_run
+    loaded = release.embedder_from_checkpoint(checkpoint)
+    folder = release.write_release_folder(loaded, tmp_path / 'hub', FP32_REPO_ID)
+    card = (folder / 'README.md').read_text()
+    assert 'Copied from the training checkpoint\'s own evaluation' in card
+    assert f'{metrics["mAP"]:.1f} |' in card
+
+
+def test_a_checkpoint_saved_mid_stage_has_no_metrics_to_copy(tiny_run):
+    _, _, checkpoint, _ = tiny_run
+    state = copy.deepcopy(load_checkpoint(checkpoint))
+    assert release.history_metrics(state)['rank1'] == state['state']['history']['stages'][-1]['rank1']
+    state['state']['epoch_in_stage'] = 1  # weights trained past the last evaluation
+    assert release.history_metrics(state) is None
+
+
+def test_recipe_command_sets_every_flag_of_the_recipe(tiny_run):
+    """The card's command, parsed by recipes/unsup_reid.py, gives back the run's configuration; every
+    TrainConfig field is either a recipe flag or listed as having none."""
+    config, _, _, _ = tiny_run
+    recipe = load_recipe('unsup_reid')
+    flags = set(vars(recipe.parse_args([])))
+    no_flag = {f.name for f in fields(TrainConfig)} - flags
+    assert no_flag == set(release._CONFIG_WITHOUT_FLAG)
+    saved = json.loads(Path(config.output, 'config.json').read_text())
+    command = shlex.split(release.recipe_command(saved))
+    assert command[:2] == ['python', 'recipes/unsup_reid.py']
+    rebuilt = recipe.build_config(recipe.parse_args(command[2:]))
+    for name in flags & {f.name for f in fields(TrainConfig)}:
+        assert getattr(rebuilt, name) == getattr(config, name), name
+
+
+def test_registry_mismatch_names_what_pretrained_true_would_get_wrong():
+    loaded = release.LoadedEmbedder(ReidEmbedder(timm.create_model('test_convnext', num_classes=64)),
+                                    (64, 32), 'tiny')
+    message = release.registry_mismatch(loaded, 'timm-gam/gam_resnet50_g4.unsup_market1501dev')
+    assert 'num_classes=64 (registered: 2048)' in message and 'input_size=(3, 64, 32)' in message
+    assert release.registry_mismatch(loaded, FP32_REPO_ID) is None  # not a registered tag
+
+
+def test_upload_without_a_token_stops_with_the_remedy(published, monkeypatch):
+    monkeypatch.setattr(release, 'get_token', lambda: None)
+    with pytest.raises(RuntimeError, match='hf auth login.*--dry-run'):
+        release.publish(published[0], FP32_REPO_ID)
+
+
+def test_upload_failure_names_the_repo_and_the_remedy(published, monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError('network unreachable')
+    monkeypatch.setattr(release, 'push_to_hub', offline)
+    with pytest.raises(RuntimeError, match=f'{FP32_REPO_ID} failed .*network unreachable.*--dry-run'):
+        release.publish(published[0], FP32_REPO_ID, token='hf_test')
+
+
+def test_fp16_refuses_weights_beyond_its_range(tiny_run):
+    loaded = release.embedder_from_checkpoint(tiny_run[2])
+    with torch.no_grad():
+        loaded.backbone.head.fc.bias[0] = 1e5
+    with pytest.raises(ValueError, match=r'head.fc.bias .*\(leave out --fp16\)'):
+        release.round_weights(loaded.backbone, torch.float16)
