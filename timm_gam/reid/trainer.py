@@ -127,6 +127,25 @@ def in_content_order(images: list) -> list:
     return sorted(images, key=key)
 
 
+class SeededPerImage(torch.utils.data.Dataset):
+    """``dataset[index]`` with torch's generator seeded by (seed, epoch, index) first.
+
+    The random augmentations of an image then depend on the image and the epoch alone, not on the
+    process (torchrun rank) or DataLoader worker that loads it nor on what it loaded before: a
+    two-process run augments its global batch as one process does, whatever ``--workers`` is.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int, epoch: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        torch.manual_seed(int(np.random.SeedSequence((self.seed, self.epoch, index)).generate_state(1)[0]))
+        return self.dataset[index]
+
+
 class RunLog:
     """``log.jsonl`` (one JSON object per line) and ``metrics.json`` in the output folder."""
 
@@ -353,14 +372,13 @@ class Trainer:
         config, group = self.config, self.group
         transform = TwoViews(build_eval_transform(config.image_size),
                              build_train_transform(config.image_size))
-        dataset = ReidImageDataset(self.splits.train, transform)
+        dataset = SeededPerImage(ReidImageDataset(self.splits.train, transform), config.seed, epoch)
         # the shuffle and the augmentations depend on (seed, epoch) only, so a resumed run draws the
         # batches an uninterrupted one would; rank r takes every world_size-th image of one global
         # permutation, so the ranks' shares of a step make up the single-process batch
         sampler = DistributedSampler(dataset, num_replicas=group.world_size, rank=group.rank, shuffle=True,
                                      seed=config.seed, drop_last=True)
         sampler.set_epoch(epoch)
-        torch.manual_seed(config.seed * 100_003 + epoch * group.world_size + group.rank)
         share = max(1, min(config.batch_size, len(dataset)) // group.world_size)
         return DataLoader(dataset, batch_size=share, sampler=sampler, drop_last=True,
                           num_workers=config.workers, pin_memory=self.device.type == 'cuda')
