@@ -1,0 +1,71 @@
+"""The fast configuration of the GAM ResNets computes what the plain one computes.
+
+channels_last is the speed-up that benchmarks/bench_training.py measured on CPU (docs/performance.md);
+the trainer switches it on with ``TrainConfig.channels_last``. These tests pin that it changes nothing but
+the memory layout: same outputs, same gradients, same state_dict, and no silent fall-back to NCHW inside
+the attention (which would cost a layout conversion in every block).
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import timm_gam  # noqa: F401  registers the models
+from timm_gam.layers import GroupedAttention
+
+BENCHMARK = Path(__file__).resolve().parents[1] / 'benchmarks' / 'bench_training.py'
+
+CHANNELS_LAST = torch.channels_last
+
+
+def _forward_backward(model, images):
+    model.zero_grad(set_to_none=True)
+    images = images.clone().requires_grad_()
+    out = model(images)
+    (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    return out.detach(), images.grad, grads
+
+
+@pytest.mark.parametrize('block_args', [{}, dict(grouped_mlp=True, grouped_spatial=True)])
+def test_channels_last_matches_nchw_forward_and_gradients(block_args):
+    torch.manual_seed(0)
+    plain = timm.create_model('gam_resnet50_g4', num_classes=16, block_args=block_args).train()
+    fast = timm.create_model('gam_resnet50_g4', num_classes=16, block_args=block_args).train()
+    fast.load_state_dict(plain.state_dict())
+    fast.to(memory_format=CHANNELS_LAST)
+    images = torch.randn(2, 3, 64, 32)
+
+    out, image_grad, grads = _forward_backward(plain, images)
+    fast_images = images.contiguous(memory_format=CHANNELS_LAST)
+    fast_out, fast_image_grad, fast_grads = _forward_backward(fast, fast_images)
+
+    torch.testing.assert_close(fast_out, out, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast_image_grad, image_grad, rtol=1e-3, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+
+
+@pytest.mark.parametrize('grouped_spatial', [False, True])
+def test_attention_keeps_channels_last_layout(grouped_spatial):
+    attn = GroupedAttention(64, groups=4, grouped_spatial=grouped_spatial)
+    x = torch.randn(2, 64, 8, 4).contiguous(memory_format=CHANNELS_LAST).requires_grad_()
+    out = attn(x)
+    out.sum().backward()
+    assert out.is_contiguous(memory_format=CHANNELS_LAST)
+    assert x.grad.is_contiguous(memory_format=CHANNELS_LAST)
+
+
+def test_benchmark_prints_ratio_table():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARK), '--models', 'resnet50', 'gam_resnet50_g16', '--batch', '2',
+         '--infer-batch', '2', '--image-size', '32', '16', '--repeats', '1', '--threads', '1'],
+        capture_output=True, text=True, check=True)
+    lines = result.stdout.splitlines()
+    rows = [line for line in lines if line.startswith('| gam_resnet50_g16')]
+    assert len(rows) == 2  # one per memory format
+    assert all('x |' in row for row in rows)
