@@ -299,7 +299,7 @@ Reproduce with `python recipes/unsup_reid.py --eval-only --pretrained --model {m
 ## Training
 
 Trained on {trained_on}, from {'pretrained' if config['pretrained'] else 'scratch (no ImageNet weights)'},
-with loss `{config['loss']}`. {progress.capitalize()}: {state['epoch']} epochs, {len(stages)} stages, ending
+with loss `{config['loss']}`. {progress.capitalize()}: {state['epoch']} epochs in all, ending
 with {clusters} clusters of {len(state['cluster_labels'])} training images.{purity_line} Training took
 {_format_hours(state['elapsed_s'])} of wall time (evaluations included) on {hardware_line}.
 

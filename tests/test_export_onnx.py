@@ -1,0 +1,43 @@
+"""recipes/export_onnx.py: a GAM embedding model exported to ONNX gives PyTorch's embeddings in
+onnxruntime."""
+import importlib.util
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from release_checkpoints import save_untrained_checkpoint
+
+from timm_gam import release
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """gam_resnet50_g4 at 64x32 with a 32-d embedding, exported by the recipe (which checks it once)."""
+    root = tmp_path_factory.mktemp('onnx')
+    checkpoint = save_untrained_checkpoint(root / 'checkpoint.pt', 'gam_resnet50_g4', embed_dim=32)
+    spec = importlib.util.spec_from_file_location('export_onnx', REPO_ROOT / 'recipes' / 'export_onnx.py')
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    diff = recipe.main(['--checkpoint', str(checkpoint), '--output', str(root / 'model.onnx')])
+    return release.embedder_from_checkpoint(checkpoint), root / 'model.onnx', diff
+
+
+def test_onnx_matches_pytorch_on_another_batch_size(exported):
+    loaded, path, recipe_diff = exported
+    images = torch.randn(5, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    diff = release.onnx_max_abs_diff(loaded, path, images)
+    print(f'max abs difference, onnxruntime vs PyTorch: {recipe_diff:.3g} (batch 3), {diff:.3g} (batch 5)')
+    assert recipe_diff < 1e-4 and diff < 1e-4
+
+
+def test_graph_has_a_dynamic_batch(exported):
+    _, path, _ = exported
+    graph = onnx.load(str(path)).graph
+    (images,), (embeddings,) = graph.input, graph.output
+    assert images.name == 'images' and embeddings.name == 'embeddings'
+    batch, *chw = images.type.tensor_type.shape.dim
+    assert batch.dim_param and [d.dim_value for d in chw] == [3, 64, 32]
+    assert embeddings.type.tensor_type.shape.dim[0].dim_param == batch.dim_param

@@ -1,0 +1,114 @@
+"""recipes/visualize.py: every subcommand writes a PNG that PIL opens, from tiny synthetic runs and models."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from release_checkpoints import save_untrained_checkpoint, tiny_training_run
+
+from timm_gam import visualize
+from timm_gam.reid import ReidImage, create_embedder
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_visualize_recipe():
+    spec = importlib.util.spec_from_file_location('visualize_recipe', REPO_ROOT / 'recipes' / 'visualize.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def recipe():
+    return load_visualize_recipe()
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    config, _ = tiny_training_run(tmp_path_factory.mktemp('run'))
+    return Path(config.output)
+
+
+def assert_png(path: Path):
+    assert path.suffix == '.png' and path.stat().st_size > 0
+    with Image.open(path) as image:
+        assert image.format == 'PNG' and min(image.size) > 50
+
+
+def test_attention_gam_and_cbam_side_by_side(recipe, tiny_run, tmp_path):
+    gam = save_untrained_checkpoint(tmp_path / 'gam.pt', 'gam_resnet50_g4')
+    cbam = save_untrained_checkpoint(tmp_path / 'cbam.pt', 'cbam_resnet50')
+    out = recipe.main(['attention', '--checkpoint', str(gam), '--checkpoint', str(cbam), '--data-root',
+                       str(tiny_run / 'data' / 'synthetic'), '--num-images', '2', '--output',
+                       str(tmp_path / 'attention.png')])
+    assert_png(out)
+
+
+def test_attention_maps_come_from_the_spatial_gate():
+    """The hooked map is Eq. 3's sigmoid gate: the spatial attention's output is its input times the map
+    (cloned in the hook: the block adds the shortcut to that output in place)."""
+    torch.manual_seed(0)
+    model = timm.create_model('gam_resnet50_g4', layers=(1, 1, 1, 1), zero_init_last=False).eval()
+    images = torch.randn(2, 3, 64, 32)
+    maps = visualize.spatial_attention_maps(model, images, blocks='stages')
+    assert list(maps) == [f'layer{i}.0.attn.spatial' for i in range(1, 5)]
+    assert maps['layer1.0.attn.spatial'].shape == (2, 16, 8)
+    seen = {}
+    handle = model.layer4[0].attn.spatial.register_forward_hook(
+        lambda module, inputs, output: seen.update(x=inputs[0].clone(), y=output.clone()))
+    with torch.no_grad():
+        model(images)
+    handle.remove()
+    torch.testing.assert_close(seen['y'], seen['x'] * maps['layer4.0.attn.spatial'][:, None])
+    assert list(visualize.spatial_attention_maps(model, images)) == ['layer4.0.attn.spatial']
+
+
+def test_activation_maps_for_a_model_without_attention(tmp_path, tiny_run):
+    image = Image.open(next((tiny_run / 'data' / 'synthetic' / 'query').iterdir())).convert('RGB')
+    loaded = visualize.LoadedEmbedder(create_embedder('test_convnext', 16).eval(), (64, 32), 'convnext')
+    with pytest.raises(ValueError, match='--map activation'):
+        visualize.plot_attention([loaded], [image], tmp_path / 'a.png', map_kind='attention')
+    assert_png(visualize.plot_attention([loaded], [image], tmp_path / 'a.png', blocks='stages'))  # auto
+
+
+def test_ranks(recipe, tiny_run, tmp_path):
+    out = recipe.main(['ranks', '--checkpoint', str(tiny_run / 'checkpoint.pt'), '--data-root',
+                       str(tiny_run / 'data' / 'synthetic'), '--num-queries', '2', '--output',
+                       str(tmp_path / 'ranks.png')])
+    assert_png(out)
+
+
+def test_ranking_leaves_out_same_identity_same_camera():
+    query = [ReidImage('q', 1, 0)]
+    gallery = [ReidImage('a', 1, 0), ReidImage('b', 2, 1), ReidImage('c', 1, 1)]
+    embeddings = torch.tensor([[0.0], [1.0], [2.0]])
+    assert visualize.rank_gallery(torch.zeros(1, 1), embeddings, query, gallery) == [[1, 2]]
+
+
+def test_tsne(recipe, tiny_run, tmp_path):
+    out = recipe.main(['tsne', '--checkpoint', str(tiny_run / 'checkpoint.pt'), '--data-root',
+                       str(tiny_run / 'data' / 'synthetic'), '--num-ids', '4', '--output',
+                       str(tmp_path / 'tsne.png')])
+    assert_png(out)
+
+
+def test_choose_identities_most_images_first_without_distractors():
+    images = [ReidImage('x', pid, 0) for pid in (0, 0, 0, 3, 3, 5, 7, 7)]
+    assert visualize.choose_identities(images, 2) == [3, 7]
+
+
+def test_curves_of_two_runs_and_a_resumed_log(recipe, tiny_run, tmp_path):
+    resumed = tmp_path / 'resumed'
+    resumed.mkdir()
+    log = (tiny_run / 'log.jsonl').read_text()
+    (resumed / 'log.jsonl').write_text(log + log)  # every epoch and stage logged twice
+    assert visualize.read_run_log(resumed)['stages'] == visualize.read_run_log(tiny_run)['stages']
+    assert_png(recipe.main(['curves', str(tiny_run), str(resumed), '--output', str(tmp_path / 'curves.png')]))
+
+
+def test_curves_of_a_folder_without_log_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match='--output folder of a recipes/unsup_reid.py run'):
+        visualize.read_run_log(tmp_path)
