@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from timm_gam.reid.clustering import balanced_cost, bottom_up_merge, cluster_purity, merge_clusters
+from timm_gam.reid.clustering import (
+    LowerBoundProjection,
+    PairSearch,
+    balanced_cost,
+    bottom_up_merge,
+    cluster_purity,
+    merge_clusters,
+)
 
 
 def dense_reference(features, labels, num_merges, size_penalty, distance='euclidean', size_update='step',
@@ -86,6 +93,63 @@ def test_matches_dense_reference_merge_for_merge(distance, size_update):
         np.testing.assert_array_equal(result.labels, expected_labels, err_msg=f'case {case}')
         np.testing.assert_allclose(result.merge_costs, expected_costs, rtol=1e-12, err_msg=f'case {case}')
         assert result.merge_costs.size == 0 or result.merge_costs[-1] <= result.threshold
+
+
+def low_rank_problem(rng, n, dim=64, intrinsic_dim=5, noise=0.02):
+    """Unit embeddings concentrated on a few directions, as learned re-ID embeddings are."""
+    latent = rng.normal(size=(n, intrinsic_dim)) @ rng.normal(size=(intrinsic_dim, dim))
+    features = latent + noise * rng.normal(size=(n, dim))
+    return features / np.linalg.norm(features, axis=1, keepdims=True)
+
+
+def test_projection_bounds_every_distance_from_below():
+    rng = np.random.default_rng(1)
+    features = low_rank_problem(rng, 300)
+    projection = LowerBoundProjection.fit(features)
+    assert projection.basis is not None and projection.basis.shape[1] < 64  # the concentrated case projects
+    z = projection(features).astype(np.float64)
+    true = np.linalg.norm(features[:, None] - features[None], axis=-1)
+    bound = np.linalg.norm(z[:, None] - z[None], axis=-1)
+    assert (bound <= true + 1e-6).all()
+    assert np.median(bound / np.maximum(true, 1e-12)) > 0.9  # and tight where the energy is
+    isotropic = random_problem(rng, 300, 64, existing_clusters=False)[0]
+    assert LowerBoundProjection.fit(isotropic).basis is None  # nothing to gain: the features as they are
+
+
+@pytest.mark.parametrize('size_update', ['step', 'refresh'])
+def test_projected_search_matches_dense_reference(size_update):
+    rng = np.random.default_rng(2)
+    for case in range(4):
+        features = low_rank_problem(rng, 120)
+        labels = rng.permutation(120) if case % 2 == 0 else rng.integers(0, 45, 120)
+        num_merges = int(rng.integers(5, 25))
+        penalty = [0.005, 0.05][case // 2]
+        expected_labels, expected_costs = dense_reference(features, labels, num_merges, penalty,
+                                                          size_update=size_update)
+        result = bottom_up_merge(features, labels, num_merges, penalty, size_update=size_update,
+                                 points_per_cell=16)
+        np.testing.assert_array_equal(result.labels, expected_labels, err_msg=f'case {case}')
+        np.testing.assert_allclose(result.merge_costs, expected_costs, rtol=1e-12, err_msg=f'case {case}')
+
+
+def test_threshold_widens_until_certified(monkeypatch):
+    # Five pairs of tight blobs, the pairs far apart, each blob an existing cluster. The threshold is
+    # guessed from each image's nearest other-cluster images, which only join blobs within a pair:
+    # 5 unions, one short of 6, so the search must widen until the sixth union certifies.
+    rng = np.random.default_rng(4)
+    pair_centres = np.repeat(10 * np.eye(5, 3) + np.arange(5)[:, None], 2, axis=0)
+    blob_centres = pair_centres + np.tile([[0.0, 0, 0], [0.5, 0, 0]], (5, 1))
+    features = np.repeat(blob_centres, 8, axis=0) + 0.01 * rng.normal(size=(80, 3))
+    labels = np.repeat(np.arange(10), 8)
+    searches = []
+    original = PairSearch.pairs_within
+    monkeypatch.setattr(PairSearch, 'pairs_within',
+                        lambda self, threshold: searches.append(threshold) or original(self, threshold))
+    result = bottom_up_merge(features, labels, 6, 0.005)
+    expected_labels, expected_costs = dense_reference(features, labels, 6, 0.005)
+    assert len(searches) >= 2 and searches == sorted(searches)
+    np.testing.assert_array_equal(result.labels, expected_labels)
+    np.testing.assert_allclose(result.merge_costs, expected_costs, rtol=1e-12)
 
 
 def line(*xs):
