@@ -44,7 +44,7 @@ def runs(tmp_path_factory):
     copy_renamed(data, root / 'renamed')
     results = {}
     for name, data_root in (('first', data), ('again', data), ('renamed', root / 'renamed')):
-        config = TrainConfig(output=str(root / name), data_root=str(data_root), model='test_convnext',
+        config = TrainConfig(output=str(root / name), data_root=str(data_root), model='test_efficientnet_gn',
                              **SMOKE)
         metrics = train(config)
         results[name] = load_checkpoint(root / name / 'checkpoint.pt'), metrics

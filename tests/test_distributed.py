@@ -4,7 +4,7 @@ The two ranks each take half of every global batch, gather the embeddings so tha
 the whole batch (see :func:`~timm_gam.reid.distributed.all_gather_keeping_grad`), and draw each
 image's augmentation from a generator seeded by the image and the epoch, not by the process. So
 the two-process run computes the single-process run's steps, up to the order of floating-point sums.
-``test_convnext`` has LayerNorm, no batch norm, so no statistics differ between the ranks.
+``test_efficientnet_gn`` has GroupNorm, no batch norm, so no statistics differ between the ranks.
 """
 import json
 import os
@@ -35,7 +35,7 @@ def recipe_args(tmp_path_factory) -> list[str]:
     """The smoke recipe on 24 training images, global batch 8 (4 per rank): one warm-up epoch, two merges."""
     data = make_synthetic_reid(tmp_path_factory.mktemp('data'), num_train_identities=6, num_test_identities=4,
                                num_cameras=2, images_per_identity_per_camera=2, image_size=(64, 32))
-    return [str(RECIPE), '--preset', 'smoke', '--model', 'test_convnext', '--data-root', str(data),
+    return [str(RECIPE), '--preset', 'smoke', '--model', 'test_efficientnet_gn', '--data-root', str(data),
             '--batch-size', '8', '--warmup-epochs', '1', '--seed', '1']
 
 

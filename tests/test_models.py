@@ -40,8 +40,8 @@ def test_models_are_registered():
 def test_parameter_count(model_name):
     model = timm.create_model(model_name, num_classes=0, device='meta')
     assert count_params(model) == PARAMS_WITHOUT_CLASSIFIER[model_name]
-    embedding = timm.create_model(model_name, device='meta')
-    assert count_params(embedding) - count_params(model) == 2048 * 2048 + 2048  # default 2048-d embedding fc
+    embedding = timm.create_model(model_name, num_classes=2048, device='meta')
+    assert count_params(embedding) - count_params(model) == 2048 * 2048 + 2048  # a 2048-d embedding fc
 
 
 def test_paper_parameter_claim():
@@ -131,9 +131,11 @@ def test_grouped_attention_rejects_indivisible_widths():
 
 
 def test_reid_pretrained_cfg():
-    cfg = timm.create_model('gam_resnet50_g4', device='meta').pretrained_cfg
+    cfg = timm.create_model('gam_resnet50_g8', device='meta').pretrained_cfg
     assert cfg['input_size'] == (3, 256, 128) and cfg['pool_size'] == (8, 4)
     assert cfg['num_classes'] == 2048 and cfg['classifier'] == 'fc' and cfg['first_conv'] == 'conv1'
+    released = timm.create_model('gam_resnet50_g4', device='meta').pretrained_cfg  # the CPU release
+    assert released['input_size'] == (3, 64, 32) and released['num_classes'] == 1024
     assert cfg['mean'] == timm.data.IMAGENET_DEFAULT_MEAN and cfg['license'] == 'other'
     assert cfg['paper_ids'] and cfg['paper_name']
 
