@@ -14,8 +14,10 @@ re-prices every pair with the current sizes after each union (always merging the
 pair), and ``max_cluster_size`` skips unions that would grow a cluster beyond it.
 
 Exactness without the dense matrix: all image pairs costing at most a threshold ``T`` are found by an
-exact range search over Voronoi cells (k-means centroids; a cell is searched only when the bisector
-bound says it may hold a point within the radius). The merge process then runs on those pairs. If it
+exact range search in a low-dimensional space whose distances bound the real ones from below (a PCA
+projection plus the residual's norm), over Voronoi cells that a point opens only when the bisector
+bound says they may hold a partner; every pair found is then measured exactly. The merge process
+then runs on those pairs. If it
 makes its ``num_merges`` unions with the last one costing at most ``T``, every pair left out costs
 more than anything accepted, so the result equals the dense computation; otherwise ``T`` grows and
 the search is redone. Costs are evaluated in float64 from the features, so exact ties between
