@@ -8,11 +8,9 @@ import argparse
 import json
 import time
 
-import numpy as np
-
 from timm_gam.reid.colour_histogram import colour_histogram_embeddings
 from timm_gam.reid.datasets import load_reid_dataset
-from timm_gam.reid.evaluation import evaluate_embeddings
+from timm_gam.reid.trainer import evaluate_split
 
 
 def main(argv=None) -> dict:
@@ -26,10 +24,7 @@ def main(argv=None) -> dict:
     splits = load_reid_dataset(args.data_root, layout=args.layout)
     query = colour_histogram_embeddings(splits.query, stripes=args.stripes)
     gallery = colour_histogram_embeddings(splits.gallery, stripes=args.stripes)
-    metrics = evaluate_embeddings(
-        query, gallery,
-        np.array([im.pid for im in splits.query]), np.array([im.pid for im in splits.gallery]),
-        np.array([im.camid for im in splits.query]), np.array([im.camid for im in splits.gallery]))
+    metrics = evaluate_split(query, gallery, splits.query, splits.gallery)
     metrics['seconds'] = time.perf_counter() - start
     print(json.dumps(metrics, indent=2))
     return metrics
