@@ -6,6 +6,7 @@ checkpoint and training-time failures: another model's checkpoint, a corrupt one
 """
 import importlib.util
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -40,8 +41,10 @@ def run_recipe(capsys, *args) -> str:
     """Run the command line in this process; return its error line after checking the exit status is 2."""
     assert recipe.run_cli([*SMOKE, *map(str, args)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith('error: ') and 'Traceback' not in err, err
-    return err
+    # whatever was printed before it (a progress bar on a terminal), the error comes last, on lines of its own
+    match = re.search(r'(?:^|[\r\n])(error: .*)', err, flags=re.DOTALL)
+    assert match and 'Traceback' not in err, err
+    return match.group(1)
 
 
 def write_image(path: Path, seed: int = 0, size=(64, 32)):

@@ -49,6 +49,14 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     _atomic_replace(Path(path), lambda f: torch.save(state, f))
 
 
+def _short_reason(error: Exception) -> str:
+    # torch's weights-only refusal runs to a page and suggests weights_only=False, which we never want here
+    if 'Weights only load failed' in str(error):
+        return 'it holds Python objects that a weights-only load refuses to unpickle'
+    lines = str(error).strip().splitlines()
+    return f'{type(error).__name__}: {lines[0] if lines else "no details"}'
+
+
 def load_checkpoint(path: str | os.PathLike, map_location='cpu') -> dict:
     path = Path(path)
     if not path.is_file():
@@ -57,7 +65,7 @@ def load_checkpoint(path: str | os.PathLike, map_location='cpu') -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f'checkpoint {path} could not be read ({type(e).__name__}: {e}); it is corrupt '
+        raise CheckpointError(f'checkpoint {path} could not be read ({_short_reason(e)}); it is corrupt '
                               'or not a timm-gam training checkpoint (model weights for timm belong in '
                               'model.safetensors and load with timm.create_model(..., pretrained=True))'
                               ) from e

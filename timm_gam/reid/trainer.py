@@ -14,6 +14,7 @@ seeded shuffle draws batches from it, centroids come from embeddings, merging de
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -487,7 +488,14 @@ def _memory_format(config: TrainConfig):
 
 
 def _progress_enabled() -> bool:
-    return os.environ.get('TIMM_GAM_PROGRESS', '1') != '0'
+    """Progress bars on a terminal only: redirected to a file or captured they are just carriage-return noise.
+
+    ``TIMM_GAM_PROGRESS=1`` or ``=0`` overrides the guess either way.
+    """
+    setting = os.environ.get('TIMM_GAM_PROGRESS')
+    if setting is not None:
+        return setting != '0'
+    return sys.stderr.isatty()
 
 
 def load_model_weights(model: ReidEmbedder, state: dict, model_name: str, path) -> None:
