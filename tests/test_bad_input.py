@@ -6,8 +6,8 @@ checkpoint and training-time failures: another model's checkpoint, a corrupt one
 """
 import importlib.util
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
