@@ -156,3 +156,13 @@ def test_timm_api_on_a_small_input():
     features = timm.create_model('gam_resnet50_g4', features_only=True, out_indices=(1, 4))
     assert features.feature_info.channels() == [256, 2048] and features.feature_info.reduction() == [4, 32]
     assert [f.shape[-2:] for f in features(x)] == [(16, 8), (2, 1)]
+
+
+@torch.no_grad()
+def test_tiny_gam_resnet_for_cpu_runs():
+    model = timm.create_model('test_gam_resnet').eval()
+    blocks = [m for m in model.modules() if isinstance(m, GamBottleneck)]
+    assert len(blocks) == 4 and all(b.conv2.groups == 4 and isinstance(b.attn, GroupedAttention) for b in blocks)
+    assert count_params(timm.create_model('test_gam_resnet', num_classes=0)) == 288_188
+    assert model(torch.randn(2, 3, 64, 32)).shape == (2, model.pretrained_cfg['num_classes'])
+    assert 'test_gam_resnet' not in timm.list_models('gam_*')  # not one of the paper's four
