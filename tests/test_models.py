@@ -86,18 +86,31 @@ def test_bottleneck_applies_gam_before_residual_add():
         torch.testing.assert_close(block(x), expected)
 
 
+def assert_same_output_and_input_grad(ours, theirs, x):
+    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ours, out_theirs = ours(x_ours), theirs(x_theirs)
+    torch.testing.assert_close(out_ours, out_theirs)
+    upstream = torch.randn_like(out_ours)
+    (out_ours * upstream).sum().backward()
+    (out_theirs * upstream).sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_theirs.grad)
+
+
 def test_single_group_attention_is_timm_cbam():
-    """With one group, GAM's two halves compute what timm's CBAM ChannelAttn / SpatialAttn compute."""
+    """With one group, GAM's two halves compute what timm's CBAM ChannelAttn / SpatialAttn compute.
+
+    Gradients included: ours max-pools with indices for speed, timm uses amax; without ties they agree.
+    """
     torch.manual_seed(0)
     x = torch.randn(2, 64, 8, 4)
     ours, theirs = GroupedChannelAttn(64), ChannelAttn(64, mlp_bias=True)
     theirs.load_state_dict(ours.state_dict())
-    torch.testing.assert_close(ours(x), theirs(x))
+    assert_same_output_and_input_grad(ours, theirs, x)
 
     ours, theirs = GroupedSpatialAttn().eval(), SpatialAttn().eval()
     theirs.conv.conv.load_state_dict(ours.conv.state_dict())
     theirs.conv.bn.load_state_dict(ours.bn.state_dict())
-    torch.testing.assert_close(ours(x), theirs(x))
+    assert_same_output_and_input_grad(ours, theirs, x)
 
 
 def test_per_group_spatial_maps_stay_within_their_group():

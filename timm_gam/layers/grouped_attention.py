@@ -21,6 +21,7 @@ reduction 16 shared by the average- and max-pooled descriptors, and a 7x7 conv +
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn as nn
 
 
@@ -56,7 +57,9 @@ class GroupedChannelAttn(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_avg = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))
-        x_max = self.fc2(self.act(self.fc1(x.amax((2, 3), keepdim=True))))
+        # max pooling with indices: its backward routes the gradient to the argmax, where amax's spreads it
+        # over ties (none in real-valued activations) at three times the cost of the whole pooling
+        x_max = self.fc2(self.act(self.fc1(F.adaptive_max_pool2d(x, 1))))
         return x * torch.sigmoid(x_avg + x_max)
 
 
@@ -86,7 +89,8 @@ class GroupedSpatialAttn(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_grouped = x.unflatten(1, [self.groups, -1])  # B, groups, C / groups, H, W
         # interleaved as (mean_0, max_0, mean_1, max_1, ...) so each conv group sees its own pair
-        pooled = torch.stack([x_grouped.mean(2), x_grouped.amax(2)], dim=2).flatten(1, 2)
+        # max, not amax, for the cheaper backward (see GroupedChannelAttn.forward)
+        pooled = torch.stack([x_grouped.mean(2), x_grouped.max(2).values], dim=2).flatten(1, 2)
         attn = torch.sigmoid(self.bn(self.conv(pooled)))  # B, groups, H, W
         return (x_grouped * attn.unsqueeze(2)).flatten(1, 2)
 
