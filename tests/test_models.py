@@ -90,6 +90,8 @@ def assert_same_output_and_input_grad(ours, theirs, x):
     x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_ours, out_theirs = ours(x_ours), theirs(x_theirs)
     torch.testing.assert_close(out_ours, out_theirs)
+    with torch.no_grad():  # inference pools with amax, training with indexed max: same values
+        torch.testing.assert_close(ours(x), out_ours, rtol=0, atol=0)
     upstream = torch.randn_like(out_ours)
     (out_ours * upstream).sum().backward()
     (out_theirs * upstream).sum().backward()
@@ -99,7 +101,8 @@ def assert_same_output_and_input_grad(ours, theirs, x):
 def test_single_group_attention_is_timm_cbam():
     """With one group, GAM's two halves compute what timm's CBAM ChannelAttn / SpatialAttn compute.
 
-    Gradients included: ours max-pools with indices for speed, timm uses amax; without ties they agree.
+    Gradients included: ours max-pools with indices when training, for speed, timm uses amax; without
+    ties they agree.
     """
     torch.manual_seed(0)
     x = torch.randn(2, 64, 8, 4)

@@ -25,6 +25,24 @@ import torch.nn.functional as F
 from torch import nn as nn
 
 
+# Max pooling, the same values two ways. amax's backward spreads the gradient over ties (none occur in
+# real-valued activations) with a mask, a division and a multiply over the whole map, half of the attention's
+# training time; max with indices sends it to the argmax at a third of that cost, but computing the
+# indices slows inference by about as much. So: indices only when a backward can follow.
+def _spatial_max(x: torch.Tensor) -> torch.Tensor:
+    """Max over H, W of (B, C, H, W), kept as (B, C, 1, 1)."""
+    if torch.is_grad_enabled():
+        return F.adaptive_max_pool2d(x, 1)
+    return x.amax((2, 3), keepdim=True)
+
+
+def _channel_max(x_grouped: torch.Tensor) -> torch.Tensor:
+    """Max over the channels of each group of (B, groups, C / groups, H, W)."""
+    if torch.is_grad_enabled():
+        return x_grouped.max(2).values
+    return x_grouped.amax(2)
+
+
 class GroupedChannelAttn(nn.Module):
     """Channel attention of GAM (Eq. 1-2): ``F_G * sigmoid(S(avgpool(F_G)) + S(maxpool(F_G)))``.
 
@@ -57,9 +75,7 @@ class GroupedChannelAttn(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_avg = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))
-        # max pooling with indices: its backward routes the gradient to the argmax, where amax's spreads it
-        # over ties (none in real-valued activations) at three times the cost of the whole pooling
-        x_max = self.fc2(self.act(self.fc1(F.adaptive_max_pool2d(x, 1))))
+        x_max = self.fc2(self.act(self.fc1(_spatial_max(x))))
         return x * torch.sigmoid(x_avg + x_max)
 
 
@@ -89,8 +105,7 @@ class GroupedSpatialAttn(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_grouped = x.unflatten(1, [self.groups, -1])  # B, groups, C / groups, H, W
         # interleaved as (mean_0, max_0, mean_1, max_1, ...) so each conv group sees its own pair
-        # max, not amax, for the cheaper backward (see GroupedChannelAttn.forward)
-        pooled = torch.stack([x_grouped.mean(2), x_grouped.max(2).values], dim=2).flatten(1, 2)
+        pooled = torch.stack([x_grouped.mean(2), _channel_max(x_grouped)], dim=2).flatten(1, 2)
         attn = torch.sigmoid(self.bn(self.conv(pooled)))  # B, groups, H, W
         return (x_grouped * attn.unsqueeze(2)).flatten(1, 2)
 
