@@ -178,7 +178,8 @@ def test_timm_api_on_a_small_input():
 def test_tiny_gam_resnet_for_cpu_runs():
     model = timm.create_model('test_gam_resnet').eval()
     blocks = [m for m in model.modules() if isinstance(m, GamBottleneck)]
-    assert len(blocks) == 4 and all(b.conv2.groups == 4 and isinstance(b.attn, GroupedAttention) for b in blocks)
+    assert len(blocks) == 4
+    assert all(b.conv2.groups == 4 and isinstance(b.attn, GroupedAttention) for b in blocks)
     assert count_params(timm.create_model('test_gam_resnet', num_classes=0)) == 288_188
     assert model(torch.randn(2, 3, 64, 32)).shape == (2, model.pretrained_cfg['num_classes'])
     assert 'test_gam_resnet' not in timm.list_models('gam_*')  # not one of the paper's four
