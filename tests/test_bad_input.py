@@ -4,7 +4,6 @@ Image-level problems (corrupt, zero-byte, grayscale, 16-bit files, misnamed file
 covered where they are detected, in ``test_datasets.py``; here the whole command line meets them, plus the
 checkpoint and training-time failures: another model's checkpoint, a corrupt one, a loss gone NaN.
 """
-import importlib.util
 import json
 import os
 import re
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from recipe_scripts import load_recipe
 
 from timm_gam.reid import trainer
 from timm_gam.reid.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
@@ -27,14 +27,7 @@ RECIPE = REPO / 'recipes' / 'unsup_reid.py'
 SMOKE = ['--preset', 'smoke', '--model', 'test_convnext']
 
 
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location('unsup_reid', RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _load_recipe()
+recipe = load_recipe('unsup_reid')
 
 
 def run_recipe(capsys, *args) -> str:

@@ -3,17 +3,13 @@
 It generates the synthetic set, trains the tiny GAM network through the whole staged schedule and must
 end with better retrieval than it started with (about two minutes on two cores).
 """
-import importlib.util
 import json
-from pathlib import Path
 
-RECIPE = Path(__file__).resolve().parents[1] / 'recipes' / 'unsup_reid.py'
+from recipe_scripts import load_recipe
 
 
 def test_default_command_learns(tmp_path, monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location('unsup_reid', RECIPE)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe('unsup_reid')
     monkeypatch.chdir(tmp_path)  # the default output folder, runs/unsup_reid-synthetic, lands here
 
     assert recipe.run_cli([]) == 0

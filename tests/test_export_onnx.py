@@ -1,16 +1,13 @@
 """recipes/export_onnx.py: a GAM embedding model exported to ONNX gives PyTorch's embeddings in
 onnxruntime."""
-import importlib.util
-from pathlib import Path
 
 import onnx
 import pytest
 import torch
+from recipe_scripts import load_recipe
 from release_checkpoints import save_untrained_checkpoint
 
 from timm_gam import release
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
@@ -18,10 +15,8 @@ def exported(tmp_path_factory):
     """gam_resnet50_g4 at 64x32 with a 32-d embedding, exported by the recipe (which checks it once)."""
     root = tmp_path_factory.mktemp('onnx')
     checkpoint = save_untrained_checkpoint(root / 'checkpoint.pt', 'gam_resnet50_g4', embed_dim=32)
-    spec = importlib.util.spec_from_file_location('export_onnx', REPO_ROOT / 'recipes' / 'export_onnx.py')
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    diff = recipe.main(['--checkpoint', str(checkpoint), '--output', str(root / 'model.onnx')])
+    diff = load_recipe('export_onnx').main(['--checkpoint', str(checkpoint),
+                                            '--output', str(root / 'model.onnx')])
     return release.embedder_from_checkpoint(checkpoint), root / 'model.onnx', diff
 
 

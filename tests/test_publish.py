@@ -4,7 +4,6 @@ The offline loading reuses test_hub's subprocess (``HF_HUB_CACHE`` and ``HF_HUB_
 huggingface_hub is imported, so they are set in a fresh process).
 """
 import copy
-import importlib.util
 import json
 import shlex
 from dataclasses import fields
@@ -14,6 +13,7 @@ import pytest
 import safetensors.torch
 import timm
 import torch
+from recipe_scripts import load_recipe
 from release_checkpoints import tiny_training_run
 from test_hub import assert_same_tensors, run_offline
 
@@ -22,16 +22,8 @@ from timm_gam.reid import ReidEmbedder
 from timm_gam.reid.checkpoint import load_checkpoint
 from timm_gam.reid.trainer import TrainConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 FP32_REPO_ID = 'timm-gam/test_convnext.publish-fp32'
 FP16_REPO_ID = 'timm-gam/test_convnext.publish-fp16'
-
-
-def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / 'recipes' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')

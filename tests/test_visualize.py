@@ -1,29 +1,20 @@
 """recipes/visualize.py: every subcommand writes a PNG that PIL opens, from tiny synthetic runs and models."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 from PIL import Image
+from recipe_scripts import load_recipe
 from release_checkpoints import save_untrained_checkpoint, tiny_training_run
 
 from timm_gam import visualize
 from timm_gam.reid import ReidImage, create_embedder
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_visualize_recipe():
-    spec = importlib.util.spec_from_file_location('visualize_recipe', REPO_ROOT / 'recipes' / 'visualize.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope='module')
 def recipe():
-    return load_visualize_recipe()
+    return load_recipe('visualize')
 
 
 @pytest.fixture(scope='module')
