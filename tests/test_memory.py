@@ -30,6 +30,18 @@ def test_update_keeps_unit_norm_and_state_round_trips():
     assert torch.allclose(restored.centroids, memory.centroids) and restored.momentum == 0.3
 
 
+def test_state_dict_restores_the_centroids_bit_for_bit():
+    """Normalising saved unit vectors again moves some of them by an ulp; a resumed run would drift."""
+    torch.manual_seed(0)
+    memory = ClusterMemory(torch.randn(1000, 64))
+    renormalised = torch.nn.functional.normalize(memory.centroids, dim=1)
+    assert not torch.equal(renormalised, memory.centroids)  # the drift this test guards against exists
+    restored = ClusterMemory.from_state_dict(memory.state_dict())
+    assert torch.equal(restored.centroids, memory.centroids)
+    restored.update(memory.centroids[:3], torch.tensor([0, 1, 2]))
+    assert not torch.equal(restored.centroids, memory.centroids)  # a copy, not the saved tensor itself
+
+
 def test_momentum_out_of_range():
     with pytest.raises(ValueError, match='momentum'):
         ClusterMemory(torch.ones(1, 2), momentum=1.0)

@@ -56,4 +56,8 @@ class ClusterMemory:
 
     @classmethod
     def from_state_dict(cls, state: dict) -> 'ClusterMemory':
-        return cls(state['centroids'], state['momentum'])
+        """The memory exactly as saved: normalising the saved centroids again would move them by about
+        one unit in the last place, and a resumed run would drift away from an uninterrupted one."""
+        memory = cls(state['centroids'], state['momentum'])
+        memory.centroids = state['centroids'].detach().float().clone()
+        return memory
