@@ -7,14 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from timm_gam.reid.clustering import (
-    LowerBoundProjection,
-    PairSearch,
-    balanced_cost,
-    bottom_up_merge,
-    cluster_purity,
-    merge_clusters,
-)
+from timm_gam.reid.clustering import balanced_cost, bottom_up_merge, cluster_purity, merge_clusters
+from timm_gam.reid.pair_search import LowerBoundProjection, PairSearch
 
 
 def dense_reference(features, labels, num_merges, size_penalty, distance='euclidean', size_update='step',
