@@ -15,11 +15,9 @@ import json
 import numpy as np
 
 import timm_gam  # noqa: F401  (registers the models)
-from timm_gam.reid.checkpoint import load_checkpoint
 from timm_gam.reid.clustering import cluster_purity, merge_clusters
 from timm_gam.reid.datasets import load_reid_dataset
-from timm_gam.reid.embedding import create_embedder, extract_embeddings
-from timm_gam.reid.trainer import load_model_weights
+from timm_gam.reid.embedding import extract_embeddings, load_embedder
 from timm_gam.reid.transforms import build_eval_transform
 
 
@@ -60,12 +58,10 @@ def main(argv=None):
     p.add_argument('--json', help='also write the rows to this file')
     args = p.parse_args(argv)
 
-    state = load_checkpoint(args.checkpoint)
-    model = create_embedder(state['model_name'], state['embed_dim'])
-    load_model_weights(model, state, state['model_name'], args.checkpoint)
+    loaded = load_embedder(checkpoint=args.checkpoint)
     images = load_reid_dataset(args.data_root).train
-    transform = build_eval_transform(tuple(state['config']['image_size']))
-    embeddings = extract_embeddings(model, images, transform, batch_size=128).numpy()
+    transform = build_eval_transform(loaded.image_size)
+    embeddings = extract_embeddings(loaded.embedder, images, transform, batch_size=128).numpy()
     true_ids = np.array([im.pid for im in images])
     num_merges = int(round(args.merge_percent * len(images)))
 

@@ -13,7 +13,8 @@ import argparse
 import torch
 
 import timm_gam  # noqa: F401  (registers the GAM and CBAM models with timm)
-from timm_gam.release import export_onnx, load_embedders, onnx_max_abs_diff
+from timm_gam.onnx_export import export_onnx, onnx_max_abs_diff
+from timm_gam.reid.embedding import load_embedder
 
 
 def parse_args(argv=None):
@@ -32,8 +33,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> float:
     args = parse_args(argv)
-    (loaded,) = load_embedders([args.checkpoint] if args.checkpoint else [],
-                               [args.pretrained] if args.pretrained else [])
+    loaded = load_embedder(checkpoint=args.checkpoint, pretrained=args.pretrained)
     path = export_onnx(loaded, args.output, opset=args.opset, dynamo=args.dynamo)
     generator = torch.Generator().manual_seed(args.seed)
     images = torch.randn(args.check_batch, 3, *loaded.image_size, generator=generator)

@@ -15,7 +15,8 @@ import argparse
 import torch
 
 import timm_gam  # noqa: F401  (registers the GAM and CBAM models with timm)
-from timm_gam.release import embedder_from_checkpoint, publish, registry_mismatch, write_release_folder
+from timm_gam.reid.embedding import load_embedder
+from timm_gam.release import publish, registry_mismatch, write_release_folder
 
 
 def parse_args(argv=None):
@@ -35,7 +36,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    loaded = embedder_from_checkpoint(args.checkpoint)
+    loaded = load_embedder(checkpoint=args.checkpoint)
     mismatch = registry_mismatch(loaded, args.repo_id)
     if mismatch:
         print(f'[publish] warning: {mismatch}')

@@ -6,9 +6,13 @@
     python recipes/unsup_reid.py --preset paper --data-root DATA --output runs/g4   # full size (GPU)
     python recipes/unsup_reid.py --output runs/g4 --resume        # continue a killed run
     python recipes/unsup_reid.py --eval-only --checkpoint runs/g4/checkpoint.pt --data-root DATA
-    python recipes/unsup_reid.py --eval-only --pretrained --data-root DATA   # weights from the Hub
+    python recipes/unsup_reid.py --eval-only --pretrained --data-root DATA --output runs/eval-g4  # the Hub's
     python recipes/unsup_reid.py --preset smoke --model test_convnext   # the whole pipeline in a minute
     torchrun --standalone --nproc_per_node=2 recipes/unsup_reid.py ...  # DDP: nccl on GPUs, gloo on CPUs
+
+``--eval-only`` takes the embedding and input size from the weights (a flag that disagrees is an
+error), reads only ``query/`` and ``bounding_box_test/`` of DATA, and writes ``metrics.json`` and
+``log.jsonl`` into ``--output`` (default runs/unsup_reid-eval).
 
 Bad input (a missing data root, misnamed folders, a checkpoint of another model, a loss gone NaN)
 ends with one ``error: ...`` line naming the path and the fix, and exit status 2.
@@ -23,7 +27,10 @@ import sys
 from dataclasses import asdict, fields
 
 import timm_gam  # noqa: F401  (registers the GAM and CBAM models with timm)
-from timm_gam.reid.trainer import LOSSES, TrainConfig, evaluate_run, train
+from timm_gam.reid.clustering import DISTANCES, SIZE_UPDATES
+from timm_gam.reid.datasets import LAYOUTS
+from timm_gam.reid.eval_only import evaluate_run
+from timm_gam.reid.trainer import LOSSES, TrainConfig, train
 
 # Presets: plain data, applied first; any command-line flag overrides them.
 PRESETS = {
@@ -54,12 +61,13 @@ def parse_args(argv=None):
                    help='starting configuration (default: synthetic without --data-root, paper with it)')
     p.add_argument('--data-root', help='Market-1501 / DukeMTMC-reID layout or a plain folder of images; '
                                        'omitted: the embedded synthetic set')
-    p.add_argument('--layout', choices=['auto', 'market1501', 'dukemtmc', 'folder'])
+    p.add_argument('--layout', choices=LAYOUTS)
     p.add_argument('--model', help='any timm model name (default gam_resnet50_g4; on the synthetic set '
                                    'test_gam_resnet)')
     p.add_argument('--pretrained', action='store_true', default=None,
                    help='start from (or, with --eval-only, evaluate) the pretrained weights of --model')
-    p.add_argument('--output', help='run folder: checkpoint.pt, log.jsonl, metrics.json')
+    p.add_argument('--output', help='run folder: checkpoint.pt, log.jsonl, metrics.json '
+                                    '(with --eval-only: log.jsonl and metrics.json)')
     p.add_argument('--loss', choices=LOSSES)
     p.add_argument('--embed-dim', type=int)
     p.add_argument('--image-size', type=int, nargs=2, metavar=('H', 'W'))
@@ -74,8 +82,8 @@ def parse_args(argv=None):
                    help='label-free stop: end training once merging reaches this many clusters')
     p.add_argument('--merge-percent', type=float, help='fraction of the images merged per stage')
     p.add_argument('--size-penalty', type=float, help='lambda of Eq. 10 (default 0.005)')
-    p.add_argument('--cluster-distance', choices=['euclidean', 'sqeuclidean'])
-    p.add_argument('--size-update', choices=['step', 'refresh'])
+    p.add_argument('--cluster-distance', choices=DISTANCES)
+    p.add_argument('--size-update', choices=SIZE_UPDATES)
     p.add_argument('--max-cluster-size', type=int)
     p.add_argument('--temperature', type=float)
     p.add_argument('--seed', type=int)
@@ -84,7 +92,8 @@ def parse_args(argv=None):
     p.add_argument('--no-amp', dest='amp', action='store_false', default=None)
     p.add_argument('--channels-last', action='store_true', default=None)
     p.add_argument('--resume', action='store_true', help='continue from OUTPUT/checkpoint.pt')
-    p.add_argument('--eval-only', action='store_true')
+    p.add_argument('--eval-only', action='store_true',
+                   help='evaluate --checkpoint or --pretrained weights on the query/gallery of --data-root')
     p.add_argument('--checkpoint', help='with --eval-only: a checkpoint.pt of a training run')
     return p.parse_args(argv)
 
@@ -92,7 +101,7 @@ def parse_args(argv=None):
 def build_config(args) -> TrainConfig:
     preset = args.preset or ('paper' if args.data_root else 'synthetic')
     values = dict(PRESETS[preset])
-    values['output'] = f'runs/unsup_reid-{preset}'
+    values['output'] = 'runs/unsup_reid-eval' if args.eval_only else f'runs/unsup_reid-{preset}'
     flags = {f.name for f in fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in flags and v is not None})
     return TrainConfig(**values)
@@ -100,9 +109,17 @@ def build_config(args) -> TrainConfig:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.eval_only and bool(args.checkpoint) == bool(args.pretrained):
+        raise ValueError('--eval-only evaluates one model: pass --checkpoint RUN/checkpoint.pt or '
+                         '--pretrained (the Hub weights of --model)')
+    if args.checkpoint and not args.eval_only:
+        raise ValueError('--checkpoint goes with --eval-only; to continue a training run, pass --output RUN '
+                         '--resume')
     config = build_config(args)
     if args.eval_only:
-        metrics = evaluate_run(config, checkpoint=args.checkpoint)
+        # only the flags given on the command line are expectations of the weights; presets are not
+        metrics = evaluate_run(config, checkpoint=args.checkpoint, model_name=args.model,
+                               embed_dim=args.embed_dim, image_size=args.image_size)
     else:
         print('[config] ' + json.dumps(asdict(config)))
         metrics = train(config, resume=args.resume)

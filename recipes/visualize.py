@@ -16,7 +16,7 @@ import random
 
 import timm_gam  # noqa: F401  (registers the GAM and CBAM models with timm)
 from timm_gam.reid import load_image, load_reid_dataset
-from timm_gam.release import load_embedders
+from timm_gam.reid.embedding import load_embedders
 from timm_gam.visualize import (
     MAP_KINDS,
     choose_identities,

@@ -8,21 +8,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import timm
+from tiny_config import SMOKE, tiny_config
 
-from timm_gam.reid.checkpoint import save_checkpoint
+from timm_gam.reid.checkpoint import TrainingCheckpoint
 from timm_gam.reid.trainer import TrainConfig, train
 
-TINY_IMAGE_SIZE = (64, 32)
-TINY_RUN = dict(
-    model='test_convnext', image_size=TINY_IMAGE_SIZE, embed_dim=64, batch_size=16, lr=0.01, warmup_epochs=1,
-    epochs_per_stage=1, stages=1, merge_percent=0.2, lr_decay_epochs=10, workers=0, eval_batch_size=64,
-    synthetic=dict(num_train_identities=8, num_test_identities=6, num_cameras=2,
-                   images_per_identity_per_camera=2, image_size=TINY_IMAGE_SIZE))
+TINY_IMAGE_SIZE = SMOKE['image_size']
 
 
 def tiny_training_run(output: Path) -> tuple[TrainConfig, dict]:
-    """A two-stage run on 32 synthetic images (seconds); its data set lies under ``output/data/synthetic``."""
-    config = TrainConfig(output=str(output), **TINY_RUN)
+    """A two-stage smoke run (seconds); its data set lies under ``output/data/synthetic``."""
+    config = tiny_config(output, model='test_convnext', lr=0.01, warmup_epochs=1, stages=1)
     return config, train(config)
 
 
@@ -32,6 +28,6 @@ def save_untrained_checkpoint(path: Path, model_name: str, embed_dim: int = 32,
     model reads (config, model name, embedding size, weights)."""
     config = TrainConfig(model=model_name, embed_dim=embed_dim, image_size=image_size)
     model = timm.create_model(model_name, num_classes=embed_dim)
-    save_checkpoint({'config': asdict(config), 'model_name': model_name, 'embed_dim': embed_dim,
-                     'model': model.state_dict()}, path)
+    TrainingCheckpoint(config=asdict(config), model_name=model_name, embed_dim=embed_dim,
+                       model=model.state_dict()).save(path)
     return path

@@ -20,6 +20,7 @@ from recipe_scripts import load_recipe
 
 from timm_gam.reid import trainer
 from timm_gam.reid.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from timm_gam.reid.datasets import prepare_data
 from timm_gam.reid.trainer import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,8 +184,8 @@ def test_nan_gradients_in_an_epochs_last_step_never_reach_the_checkpoint(monkeyp
     """A finite loss with NaN gradients poisons the weights silently; the epoch's end must catch it."""
     run = copy_run(warmed_up, tmp_path)
     _, good_bytes = warmed_up
-    steps_per_epoch = len(trainer.prepare_data(TrainConfig(output=str(run), **recipe.PRESETS['smoke']))
-                          .train) // recipe.PRESETS['smoke']['batch_size']
+    train_images = prepare_data(run / 'data' / 'synthetic').train
+    steps_per_epoch = len(train_images) // recipe.PRESETS['smoke']['batch_size']
     real_idl_loss, calls = trainer.idl_loss, []
 
     def idl_with_nan_gradient_in_the_last_step(*args, **kwargs):
@@ -237,3 +238,32 @@ def test_hub_weights_load_from_safetensors_never_from_a_pickle(monkeypatch, tmp_
     with pytest.raises(RuntimeError, match='weights_only=True blocked loading'):
         load_state_dict_from_hf('someone/evil', cache_dir=tmp_path / 'cache')
     assert not marker.exists()
+
+
+# -- the configuration -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('field, value', [
+    ('layout', 'imagenet'), ('loss', 'triplet'), ('cluster_distance', 'cosine'), ('size_update', 'never'),
+    ('embed_dim', 0), ('image_size', (64,)), ('temperature', 0.0), ('memory_momentum', 1.0),
+    ('batch_size', 0), ('lr', -0.1), ('momentum', 1.5), ('weight_decay', -1e-4), ('lr_decay_epochs', 0),
+    ('lr_decay', 0.0), ('warmup_epochs', -1), ('epochs_per_stage', 0), ('stages', -1), ('merge_percent', 0.0),
+    ('merge_percent', 1.5), ('size_penalty', -0.01), ('max_cluster_size', 0), ('target_clusters', 0),
+    ('workers', -1), ('device', 'gpu0'), ('eval_batch_size', 0), ('log_every', 0),
+    ('synthetic', {'num_people': 3}),
+])
+def test_every_bad_field_is_refused_when_the_config_is_made(field, value):
+    """Not at the first merge after an hour of warm-up: when the config is made, naming the field."""
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_the_command_line_offers_the_librarys_choices():
+    from timm_gam.reid.clustering import DISTANCES, SIZE_UPDATES
+    from timm_gam.reid.datasets import LAYOUTS
+    for flag, choices in (('--layout', LAYOUTS), ('--cluster-distance', DISTANCES),
+                          ('--size-update', SIZE_UPDATES), ('--loss', trainer.LOSSES)):
+        for choice in choices:
+            recipe.parse_args([flag, choice])
+        with pytest.raises(SystemExit):
+            recipe.parse_args([flag, 'not-a-choice'])

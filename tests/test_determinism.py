@@ -1,7 +1,7 @@
 """Same seed, same machine: the same clusters and metrics; and the same again with the files renamed.
 
 Renaming reorders the path-sorted file list. The trainer trains in content order
-(:func:`~timm_gam.reid.trainer.in_content_order`), so the run must not notice (issue 3: results are
+(:func:`~timm_gam.reid.datasets.in_content_order`), so the run must not notice (issue 3: results are
 invariant to the order of the file list).
 """
 import shutil
@@ -10,16 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_config import SMOKE, tiny_config
 
 from timm_gam.reid.checkpoint import load_checkpoint
-from timm_gam.reid.datasets import MARKET_FOLDERS, ReidImage, parse_market_name
+from timm_gam.reid.datasets import MARKET_FOLDERS, ReidImage, in_content_order, parse_market_name
 from timm_gam.reid.synthetic import make_synthetic_reid
-from timm_gam.reid.trainer import TrainConfig, in_content_order, train
-
-SMOKE = dict(image_size=(64, 32), embed_dim=32, batch_size=8, warmup_epochs=1, epochs_per_stage=1, stages=1,
-             merge_percent=0.2, lr_decay_epochs=10, workers=0, eval_batch_size=64, seed=5)
-DATA = dict(num_train_identities=6, num_test_identities=4, num_cameras=2, images_per_identity_per_camera=2,
-            image_size=(64, 32))
+from timm_gam.reid.trainer import train
 
 
 def copy_renamed(source: Path, target: Path, seed: int = 0):
@@ -40,12 +36,12 @@ def copy_renamed(source: Path, target: Path, seed: int = 0):
 def runs(tmp_path_factory):
     """Checkpoints and metrics of two identical runs and one on the renamed copy of the data."""
     root = tmp_path_factory.mktemp('determinism')
-    data = make_synthetic_reid(root / 'data', **DATA)
+    data = make_synthetic_reid(root / 'data', **SMOKE['synthetic'])
     copy_renamed(data, root / 'renamed')
     results = {}
     for name, data_root in (('first', data), ('again', data), ('renamed', root / 'renamed')):
-        config = TrainConfig(output=str(root / name), data_root=str(data_root), model='test_efficientnet_gn',
-                             **SMOKE)
+        config = tiny_config(root / name, data_root=str(data_root), model='test_efficientnet_gn',
+                             warmup_epochs=1, stages=1, seed=5)
         metrics = train(config)
         results[name] = load_checkpoint(root / name / 'checkpoint.pt'), metrics
     return results

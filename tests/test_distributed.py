@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_config import make_tiny_market
 
 from timm_gam.reid.checkpoint import load_checkpoint
-from timm_gam.reid.synthetic import make_synthetic_reid
 
 RECIPE = Path(__file__).resolve().parents[1] / 'recipes' / 'unsup_reid.py'
 TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
@@ -33,8 +33,7 @@ def run(command: list[str], output: Path) -> tuple[dict, dict]:
 @pytest.fixture(scope='module')
 def recipe_args(tmp_path_factory) -> list[str]:
     """The smoke recipe on 24 training images, global batch 8 (4 per rank): one warm-up epoch, two merges."""
-    data = make_synthetic_reid(tmp_path_factory.mktemp('data'), num_train_identities=6, num_test_identities=4,
-                               num_cameras=2, images_per_identity_per_camera=2, image_size=(64, 32))
+    data = make_tiny_market(tmp_path_factory.mktemp('data'))
     return [str(RECIPE), '--preset', 'smoke', '--model', 'test_efficientnet_gn', '--data-root', str(data),
             '--batch-size', '8', '--warmup-epochs', '1', '--seed', '1']
 

@@ -7,7 +7,8 @@ import torch
 from recipe_scripts import load_recipe
 from release_checkpoints import save_untrained_checkpoint
 
-from timm_gam import release
+from timm_gam.onnx_export import onnx_max_abs_diff
+from timm_gam.reid.embedding import load_embedder
 
 
 @pytest.fixture(scope='module')
@@ -17,13 +18,13 @@ def exported(tmp_path_factory):
     checkpoint = save_untrained_checkpoint(root / 'checkpoint.pt', 'gam_resnet50_g4', embed_dim=32)
     diff = load_recipe('export_onnx').main(['--checkpoint', str(checkpoint),
                                             '--output', str(root / 'model.onnx')])
-    return release.embedder_from_checkpoint(checkpoint), root / 'model.onnx', diff
+    return load_embedder(checkpoint=checkpoint), root / 'model.onnx', diff
 
 
 def test_onnx_matches_pytorch_on_another_batch_size(exported):
     loaded, path, recipe_diff = exported
     images = torch.randn(5, 3, 64, 32, generator=torch.Generator().manual_seed(1))
-    diff = release.onnx_max_abs_diff(loaded, path, images)
+    diff = onnx_max_abs_diff(loaded, path, images)
     print(f'max abs difference, onnxruntime vs PyTorch: {recipe_diff:.3g} (batch 3), {diff:.3g} (batch 5)')
     assert recipe_diff < 1e-4 and diff < 1e-4
 

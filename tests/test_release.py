@@ -56,12 +56,12 @@ def test_pretrained_true_loads_the_committed_weights(hf_cache, tmp_path):
 @pytest.mark.skipif(not MARKET_DEV.is_dir(), reason='market1501-dev is not beside the checkout')
 def test_eval_only_pretrained_reproduces_the_card(hf_cache, tmp_path):
     env = dict(os.environ, HF_HUB_CACHE=str(hf_cache), HF_HUB_OFFLINE='1', TIMM_GAM_PROGRESS='0')
-    result = subprocess.run(
+    result = subprocess.run(  # no size flag: the embedding and input sizes come from the weights
         [sys.executable, str(REPO_ROOT / 'recipes' / 'unsup_reid.py'), '--eval-only', '--pretrained',
-         '--model', 'gam_resnet50_g4', '--embed-dim', '1024', '--data-root', str(MARKET_DEV),
-         '--workers', '0', '--output', str(tmp_path)],
+         '--model', 'gam_resnet50_g4', '--data-root', str(MARKET_DEV), '--workers', '0',
+         '--output', str(tmp_path / 'eval')],
         env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    measured = json.loads(result.stdout[result.stdout.index('{'):])
+    measured = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
     for key, value in card_metrics().items():
         assert measured[key] == pytest.approx(value, abs=0.05), key

@@ -23,10 +23,9 @@ from PIL import Image
 
 from .layers.grouped_attention import GroupedSpatialAttn
 from .reid.datasets import ReidImage, load_image
-from .reid.embedding import extract_embeddings
+from .reid.embedding import LoadedEmbedder, extract_embeddings
 from .reid.evaluation import pairwise_euclidean
 from .reid.transforms import build_eval_transform
-from .release import LoadedEmbedder
 
 __all__ = [
     'spatial_attention_maps', 'stage_activation_maps', 'plot_attention', 'rank_gallery',

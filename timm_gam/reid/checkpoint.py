@@ -1,17 +1,26 @@
-"""Training checkpoints: written atomically, read without unpickling arbitrary objects.
+"""Training checkpoints: their schema, written atomically, read without unpickling arbitrary objects.
 
-A checkpoint is a dict of tensors and plain Python values (numbers, strings, lists, dicts), so it
-loads with ``torch.load(weights_only=True)``: a downloaded file can't run code. It is written to a
-temporary file in the same folder, fsync'ed, then renamed over the old one, so a run killed at any
+:class:`TrainingCheckpoint` is the schema: what a ``checkpoint.pt`` of ``recipes/unsup_reid.py`` holds,
+and the one place that knows its keys. :class:`RunState` is its part that says where the schedule
+stands. Everything in it is restored exactly as saved, never re-derived: a resumed run must take the
+very steps an uninterrupted one takes, and a change in the last bit of a centroid grows over the epochs.
+
+On disk a checkpoint is a dict of tensors and plain Python values (numbers, strings, lists, dicts),
+so it loads with ``torch.load(weights_only=True)``: a downloaded file can't run code. It is written to
+a temporary file in the same folder, fsync'ed, then renamed over the old one, so a run killed at any
 moment leaves either the previous complete checkpoint or the new complete one, never half of one.
 """
 import os
 import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-__all__ = ['CheckpointError', 'save_checkpoint', 'load_checkpoint', 'atomic_write_text']
+from .memory import ClusterMemory
+
+__all__ = ['CheckpointError', 'RunState', 'TrainingCheckpoint', 'save_checkpoint', 'load_checkpoint',
+           'atomic_write_text', 'CHECKPOINT_FORMAT']
 
 CHECKPOINT_FORMAT = 'timm-gam-unsup-reid/1'
 
@@ -74,3 +83,82 @@ def load_checkpoint(path: str | os.PathLike, map_location='cpu') -> dict:
                               f'{CHECKPOINT_FORMAT!r}); pass a checkpoint.pt written by '
                               'recipes/unsup_reid.py')
     return state
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what a checkpoint holds besides the weights and the optimiser."""
+    stage: int = 0
+    epoch_in_stage: int = 0
+    epoch: int = 0  # epochs done over the whole run: drives the learning-rate schedule
+    cluster_labels: torch.Tensor | None = None
+    memory: ClusterMemory | None = None
+    history: dict = field(default_factory=lambda: {'stages': []})
+    elapsed_s: float = 0.0  # training wall time before this process started
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), 'memory': self.memory.state_dict() if self.memory is not None else None}
+
+    @classmethod
+    def from_dict(cls, state: dict, device='cpu') -> 'RunState':
+        memory = state['memory'] and ClusterMemory.from_state_dict(state['memory']).to(device)
+        return cls(**{**state, 'memory': memory})
+
+
+@dataclass
+class TrainingCheckpoint:
+    """A ``checkpoint.pt``: the run's config, the backbone's weights, and (from training) where it stood.
+
+    ``optimizer``, ``state`` and ``train_images`` are absent from checkpoints made to hold weights
+    only; everything that loads a model needs ``model_name``, ``embed_dim``, ``model`` and the
+    config's ``image_size``.
+    """
+    config: dict  # TrainConfig as a dict
+    model_name: str
+    embed_dim: int
+    model: dict  # the timm backbone's state dict; its classifier is the embedding layer
+    optimizer: dict | None = None
+    state: RunState | None = None
+    train_images: str | None = None  # fingerprint of the training list the cluster labels refer to
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) the weights were trained with."""
+        return tuple(self.config['image_size'])
+
+    def last_evaluation(self) -> dict | None:
+        """The evaluation the training run made of exactly these weights, if it made one.
+
+        The trainer evaluates at the end of each stage and saves right after, so the last stage record
+        describes the saved weights only when the checkpoint is at a stage boundary.
+        """
+        stages = self.state.history['stages'] if self.state else []
+        if not stages or self.state.epoch_in_stage != 0 or 'rank1' not in stages[-1]:
+            return None
+        return dict(stages[-1])
+
+    def to_dict(self) -> dict:
+        saved = {'config': self.config, 'model_name': self.model_name, 'embed_dim': self.embed_dim,
+                 'model': self.model, 'optimizer': self.optimizer,
+                 'state': self.state.to_dict() if self.state else None, 'train_images': self.train_images}
+        return {k: v for k, v in saved.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, saved: dict, device='cpu') -> 'TrainingCheckpoint':
+        state = saved.get('state') and RunState.from_dict(saved['state'], device)
+        return cls(config=saved['config'], model_name=saved['model_name'], embed_dim=saved['embed_dim'],
+                   model=saved['model'], optimizer=saved.get('optimizer'), state=state,
+                   train_images=saved.get('train_images'))
+
+    def save(self, path: str | os.PathLike) -> None:
+        save_checkpoint(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device='cpu') -> 'TrainingCheckpoint':
+        """Read and check a checkpoint; :class:`CheckpointError` names the path and the fix."""
+        saved = load_checkpoint(path, map_location=device)
+        missing = [k for k in ('config', 'model_name', 'embed_dim', 'model') if k not in saved]
+        if missing:
+            raise CheckpointError(f'{path} lacks {missing}: pass a checkpoint.pt written by '
+                                  'recipes/unsup_reid.py')
+        return cls.from_dict(saved, device)

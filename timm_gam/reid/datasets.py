@@ -9,6 +9,7 @@ person id, so that order groups identities together: whoever consumes ``train`` 
 must never derive anything from list positions (BUC's first published numbers were inflated by
 memory slots initialised in file order).
 """
+import hashlib
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +22,7 @@ import torch.utils.data
 from PIL import Image, ImageOps
 
 __all__ = [
+    'ALL_SPLITS', 'EVALUATION_SPLITS', 'LAYOUTS', 'in_content_order', 'prepare_data',
     'IMAGE_SUFFIXES', 'ImageLoadError', 'ReidImage', 'ReidImageDataset', 'ReidSplits', 'check_images',
     'load_image', 'load_reid_dataset', 'parse_duke_name', 'parse_market_name',
 ]
@@ -140,12 +142,12 @@ def _read_labelled_folder(folder: Path, scheme: _NameScheme, split: str,
     return images
 
 
-def _read_market_layout(root: Path, name: str) -> ReidSplits:
-    _check_market_folders(root)
+def _read_market_layout(root: Path, name: str, splits: Sequence[str]) -> ReidSplits:
+    _check_market_folders(root, splits)
     scheme = _NAME_SCHEMES[name]
-    splits = {split: _read_labelled_folder(root / folder, scheme, split, keep_distractors=split != 'train')
-              for split, folder in MARKET_FOLDERS.items()}
-    return ReidSplits(**splits, name=name, root=root)
+    read = {split: _read_labelled_folder(root / MARKET_FOLDERS[split], scheme, split,
+                                         keep_distractors=split != 'train') for split in splits}
+    return ReidSplits(**{split: read.get(split, []) for split in MARKET_FOLDERS}, name=name, root=root)
 
 
 def _read_folder_layout(root: Path) -> ReidSplits:
@@ -160,18 +162,19 @@ def _subfolder_names(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir())
 
 
-def _check_market_folders(root: Path):
+def _check_market_folders(root: Path, splits: Sequence[str] = tuple(MARKET_FOLDERS)):
     found = _subfolder_names(root)
-    missing = [f for f in MARKET_FOLDERS.values() if f not in found]
+    wanted = [MARKET_FOLDERS[split] for split in splits]
+    missing = [f for f in wanted if f not in found]
     if not missing:
         return
     hint = ''
-    nested = [d for d in found if (root / d / MARKET_FOLDERS['train']).is_dir()]
+    nested = [d for d in found if all((root / d / f).is_dir() for f in wanted)]
     if nested:
         hint = f' The data set seems to sit one level down: use --data-root {root / nested[0]}.'
     raise ValueError(
         f'{root} is not in Market-1501 layout: missing folder(s) {missing}; found {found or "no folders"}. '
-        f'Expected {list(MARKET_FOLDERS.values())} (train / query / gallery).{hint} Rename the folders, '
+        f'Expected {wanted} ({" / ".join(splits)}).{hint} Rename the folders, '
         f'point --data-root at the folder that holds them, or use layout="folder" to train on all images '
         f'without labels.')
 
@@ -182,23 +185,27 @@ def _looks_like_market_attempt(root: Path) -> bool:
         (root / d / MARKET_FOLDERS['train']).is_dir() for d in found)
 
 
-def _detect_layout(root: Path) -> str:
-    """'market1501' or 'dukemtmc' from the file names of bounding_box_train, else 'folder'."""
-    train = root / MARKET_FOLDERS['train']
-    if not train.is_dir():
-        if _looks_like_market_attempt(root):
-            _check_market_folders(root)  # raises, naming what is there and what is expected
+def _detect_layout(root: Path, splits: Sequence[str]) -> str:
+    """'market1501' or 'dukemtmc' from the file names of the first split's folder, else 'folder'."""
+    first = root / MARKET_FOLDERS[splits[0]]
+    if not first.is_dir():
+        if splits != ALL_SPLITS or _looks_like_market_attempt(root):
+            _check_market_folders(root, splits)  # raises, naming what is there and what is expected
         return 'folder'
-    names = [p.name for p in _image_files(train)[:200]]
+    names = [p.name for p in _image_files(first)[:200]]
     duke = sum(bool(_DUKE_NAMES.pattern.fullmatch(n)) for n in names)
     market = sum(bool(_MARKET_NAMES.pattern.fullmatch(n)) for n in names)
     return 'dukemtmc' if duke > market else 'market1501'
 
 
 Layout = Literal['auto', 'market1501', 'dukemtmc', 'folder']
+LAYOUTS = ('auto', 'market1501', 'dukemtmc', 'folder')
+ALL_SPLITS = ('train', 'query', 'gallery')
+EVALUATION_SPLITS = ('query', 'gallery')
 
 
-def load_reid_dataset(root: str | Path, layout: Layout = 'auto') -> ReidSplits:
+def load_reid_dataset(root: str | Path, layout: Layout = 'auto',
+                      splits: Sequence[str] = ALL_SPLITS) -> ReidSplits:
     """Read a re-ID data set from ``root``.
 
     Layouts:
@@ -214,7 +221,14 @@ def load_reid_dataset(root: str | Path, layout: Layout = 'auto') -> ReidSplits:
     Image files whose names do not match the pattern are skipped with a warning giving their count;
     a split left with no image is an error. Lists are sorted by path (see the module docstring:
     consumers must shuffle). Images are not decoded here: see :func:`check_images`.
+
+    ``splits`` names the splits to read; the others are left empty and their folders may be
+    absent. Evaluation reads :data:`EVALUATION_SPLITS` only, so a test set alone (``query`` and
+    ``bounding_box_test``) is enough for it; without ``train`` the layout cannot be a plain folder.
     """
+    unknown = sorted(set(splits) - set(ALL_SPLITS))
+    if unknown or not splits:
+        raise ValueError(f'splits must be some of {ALL_SPLITS}, got {tuple(splits)}')
     root = Path(root).expanduser()
     if not root.is_dir():
         what = 'is a file, not a folder' if root.exists() else 'does not exist'
@@ -222,13 +236,45 @@ def load_reid_dataset(root: str | Path, layout: Layout = 'auto') -> ReidSplits:
                          f'(or leave it out to use the embedded synthetic data set)')
     if not any(root.iterdir()):
         raise ValueError(f'data root {root} is empty; copy the images there or pass another --data-root')
+    if layout not in LAYOUTS:
+        raise ValueError(f'unknown layout {layout!r}; choose one of {", ".join(LAYOUTS)}')
     if layout == 'auto':
-        layout = _detect_layout(root)
+        layout = _detect_layout(root, tuple(splits))
     if layout == 'folder':
+        if 'train' not in splits:
+            raise ValueError(f'a plain folder of images ({root}) has no labelled {"/".join(splits)} split; '
+                             'give a Market-1501 or DukeMTMC-reID layout with query/ and bounding_box_test/')
         return _read_folder_layout(root)
-    if layout in _NAME_SCHEMES:
-        return _read_market_layout(root, layout)
-    raise ValueError(f'unknown layout {layout!r}; choose one of auto, market1501, dukemtmc, folder')
+    return _read_market_layout(root, layout, tuple(splits))
+
+
+def prepare_data(root: str | Path, layout: Layout = 'auto', splits: Sequence[str] = ALL_SPLITS) -> ReidSplits:
+    """The splits of a data set as a run uses them: unreadable images dropped (and counted on stdout),
+    the training list in content order (:func:`in_content_order`). Training, ``--eval-only`` and the
+    publish command read their data through this one function, so they see the same images."""
+    splits = load_reid_dataset(root, layout=layout, splits=splits)
+    for split in ALL_SPLITS:
+        images = getattr(splits, split)
+        good = check_images(images, on_error='skip')
+        if len(good) < len(images):
+            print(f'[data] {split}: skipped {len(images) - len(good)} unreadable image(s) '
+                  f'under {splits.root}')
+        setattr(splits, split, good)
+    splits.train = in_content_order(splits.train)
+    return splits
+
+
+def in_content_order(images: list) -> list:
+    """``images`` sorted by a digest of each file's bytes (then path, for byte-identical copies).
+
+    The shuffle permutes positions in this list and cluster labels are keyed by them, so a list
+    sorted by path would make a run depend on what the files are called: renaming them, or
+    another reader listing them differently, would draw other batches. In content order the same
+    images always train the same way, whatever their names.
+    """
+    def key(image):
+        return hashlib.sha1(Path(image.path).read_bytes()).hexdigest(), image.path
+    return sorted(images, key=key)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,21 +1,34 @@
-"""The re-ID embedding phi(x; theta) and the one function that computes it for a list of images.
+"""The re-ID embedding phi(x; theta): building it, loading trained weights into it, computing it.
 
 The embedding head is timm's own classifier: ``timm.create_model(name, num_classes=embed_dim)`` gives
 pooled features -> linear layer of ``embed_dim`` outputs (paper Table 5: 512..4096), and the
 embedding is its output on the unit sphere. A re-ID checkpoint is therefore a plain timm model whose
 ``num_classes`` is the embedding size, loadable with ``timm.create_model(..., pretrained=True)``.
+
+:func:`load_embedder` is the one way to get a trained embedder, from a training checkpoint or from
+pretrained (Hub) weights; the embedding size and input size come from the weights, never from a
+preset. :func:`extract_embeddings` is the one function that computes embeddings of a list of images,
+for clustering, evaluation and export alike.
 """
+import math
+import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .checkpoint import CheckpointError, TrainingCheckpoint
 from .datasets import ReidImage, ReidImageDataset
 
-__all__ = ['ReidEmbedder', 'create_embedder', 'extract_embeddings']
+__all__ = ['ReidEmbedder', 'LoadedEmbedder', 'create_embedder', 'load_embedder', 'load_embedders',
+           'load_checkpoint_weights', 'trained_input_cfg', 'extract_embeddings', 'resolve_device',
+           'autocast_dtype']
 
 
 class ReidEmbedder(nn.Module):
@@ -40,6 +53,106 @@ def create_embedder(model_name: str, embed_dim: int = 2048, pretrained: bool = F
         raise ValueError(f'embed_dim must be positive, got {embed_dim}')
     backbone = timm.create_model(model_name, pretrained=pretrained, num_classes=embed_dim, **model_kwargs)
     return ReidEmbedder(backbone)
+
+
+@dataclass
+class LoadedEmbedder:
+    """A trained, L2-normalised embedding model with what is needed to feed it and to describe it."""
+    embedder: ReidEmbedder
+    image_size: tuple[int, int]  # (height, width) the weights were trained with
+    label: str  # short name for figures and messages
+    checkpoint: TrainingCheckpoint | None = None  # the training checkpoint, when loaded from one
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.embedder.backbone
+
+    @property
+    def embed_dim(self) -> int:
+        return self.embedder.embed_dim
+
+
+def trained_input_cfg(backbone: nn.Module, image_size: tuple[int, int]) -> dict:
+    """Pretrained-cfg entries describing the recipe's preprocessing at ``image_size``, whatever the model's
+    own cfg says: the whole crop resized bilinearly (``crop_pct`` 1), ImageNet mean and std."""
+    height, width = image_size
+    reduction = backbone.feature_info[-1]['reduction']
+    return {'input_size': (3, height, width), 'pool_size': (math.ceil(height / reduction),
+                                                             math.ceil(width / reduction)),
+            'interpolation': 'bilinear', 'crop_pct': 1.0, 'crop_mode': 'center',
+            'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD}
+
+
+def load_checkpoint_weights(model: ReidEmbedder, checkpoint: TrainingCheckpoint, path,
+                            model_name: str) -> None:
+    """Load a checkpoint's weights into ``model`` (a ``model_name`` embedder), with a clear message when
+    the checkpoint is of another model or size."""
+    if checkpoint.model_name != model_name:
+        raise CheckpointError(f'{path} holds a {checkpoint.model_name!r} model, not {model_name!r}: pass '
+                              f'--model {checkpoint.model_name}, or the checkpoint of a {model_name} run')
+    if checkpoint.embed_dim != model.embed_dim:
+        raise CheckpointError(f'{path} has embedding size {checkpoint.embed_dim}, the model '
+                              f'{model.embed_dim}: pass --embed-dim {checkpoint.embed_dim}')
+    try:
+        model.backbone.load_state_dict(checkpoint.model)
+    except RuntimeError as e:  # names or shapes that do not fit: a hand-edited or foreign checkpoint
+        raise CheckpointError(f'the weights in {path} do not fit a {model_name!r} model ({str(e)[:300]}); '
+                              'pass a checkpoint.pt written by recipes/unsup_reid.py for this model') from e
+
+
+def load_embedder(*, checkpoint: str | os.PathLike | None = None, pretrained: str | None = None,
+                  model_name: str | None = None, embed_dim: int | None = None,
+                  image_size: tuple[int, int] | None = None) -> LoadedEmbedder:
+    """A trained embedder in eval mode: from a ``checkpoint.pt`` of ``recipes/unsup_reid.py``, or from the
+    pretrained weights of a timm model name (``gam_resnet50_g4``, ``hf-hub:org/name``, ...).
+
+    Its embedding size and input size are those the weights were trained with (the checkpoint's config,
+    the model's pretrained cfg). ``model_name``, ``embed_dim`` and ``image_size``, where given, are what
+    the caller expects: a model that differs is a :class:`ValueError` naming both, never a silently
+    rebuilt layer. A checkpoint's model gets a pretrained cfg for its trained input, so timm's data
+    config (and a Hub folder made from it) resizes images as training did.
+    """
+    if (checkpoint is None) == (pretrained is None):
+        raise ValueError('give a model: either --checkpoint RUN/checkpoint.pt or --pretrained (one of them)')
+    if checkpoint is not None:
+        saved = TrainingCheckpoint.load(checkpoint)
+        model = create_embedder(saved.model_name, saved.embed_dim)
+        load_checkpoint_weights(model, saved, checkpoint, model_name or saved.model_name)
+        backbone = model.backbone
+        backbone.pretrained_cfg = {**backbone.pretrained_cfg, **trained_input_cfg(backbone, saved.image_size)}
+        loaded = LoadedEmbedder(model.eval(), saved.image_size,
+                                f'{saved.model_name} ({Path(checkpoint).parent.name})', checkpoint=saved)
+        source = f'the {saved.model_name} model of {checkpoint}'
+    else:
+        if model_name is not None and model_name != pretrained:
+            raise ValueError(f'two models given: {model_name!r} and pretrained {pretrained!r}')
+        backbone = timm.create_model(pretrained, pretrained=True)
+        trained_size = tuple(backbone.pretrained_cfg['input_size'][1:])
+        loaded = LoadedEmbedder(ReidEmbedder(backbone).eval(), trained_size, f'{pretrained} (pretrained)')
+        source = f'pretrained {pretrained}'
+    _check_expected(loaded, source, embed_dim, image_size)
+    return loaded
+
+
+def _check_expected(loaded: LoadedEmbedder, source: str, embed_dim, image_size) -> None:
+    if embed_dim is not None and embed_dim != loaded.embed_dim:
+        raise ValueError(f'{source} embeds in {loaded.embed_dim} dimensions, not {embed_dim}: leave out '
+                         '--embed-dim (the size comes from the weights) or pass '
+                         f'--embed-dim {loaded.embed_dim}')
+    if image_size is not None and tuple(image_size) != loaded.image_size:
+        height, width = loaded.image_size
+        raise ValueError(f'{source} was trained on {height}x{width} images, not '
+                         f'{image_size[0]}x{image_size[1]}: leave out --image-size (it comes from the '
+                         f'weights) or pass --image-size {height} {width}')
+
+
+def load_embedders(checkpoints=(), pretrained=()) -> list[LoadedEmbedder]:
+    """Checkpoints first, then pretrained model names, in the order given; at least one is needed."""
+    loaded = ([load_embedder(checkpoint=path) for path in checkpoints]
+              + [load_embedder(pretrained=name) for name in pretrained])
+    if not loaded:
+        raise ValueError('no model given: pass --checkpoint RUN/checkpoint.pt or --pretrained MODEL_NAME')
+    return loaded
 
 
 @torch.no_grad()
@@ -67,6 +180,18 @@ def extract_embeddings(model: nn.Module, images: Sequence[ReidImage], transform:
     if not chunks:
         return torch.empty(0, getattr(model, 'embed_dim', 0))
     return torch.cat(chunks)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``'auto'``: the GPU when there is one, else the CPU; anything else as ``torch.device`` reads it."""
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(name)
+
+
+def autocast_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA when ``amp`` is on; none on the CPU, where it is slower than fp32."""
+    return torch.bfloat16 if amp and device.type == 'cuda' else None
 
 
 def _maybe_progress(loader, enabled: bool, desc: str):

@@ -8,10 +8,16 @@ the Market-1501 protocol and a checkpoint is written; a run resumes from its las
 
 Identity labels are read from file names for evaluation and for the cluster-purity diagnostic only:
 training, clustering and the memory never see them. Neither the order of the file list nor the file
-names matter: the training list is put in content order (:func:`in_content_order`) before the
-seeded shuffle draws batches from it, centroids come from embeddings, merging depends on distances.
+names matter: the training list is put in content order (:func:`~timm_gam.reid.datasets.in_content_order`)
+before the seeded shuffle draws batches from it, centroids come from embeddings, merging depends on
+distances.
+
+Everything random in an epoch depends on (seed, epoch) alone and everything else is restored from the
+checkpoint as saved, so a run killed at any moment and resumed ends exactly where an uninterrupted
+one does.
 """
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -24,33 +30,44 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
-from .clustering import cluster_purity, merge_clusters
-from .datasets import ReidImageDataset, ReidSplits, check_images, load_reid_dataset
+from .checkpoint import CheckpointError, RunState, TrainingCheckpoint
+from .clustering import DISTANCES, SIZE_UPDATES, cluster_purity, merge_clusters
+from .datasets import LAYOUTS, ReidImageDataset, ReidSplits, prepare_data
 from .distributed import all_gather_keeping_grad, all_gather_rows, broadcast_tensor, init_process_group
-from .embedding import ReidEmbedder, create_embedder, extract_embeddings
-from .evaluation import evaluate_embeddings
+from .embedding import (
+    autocast_dtype,
+    create_embedder,
+    extract_embeddings,
+    load_checkpoint_weights,
+    resolve_device,
+)
+from .evaluation import evaluate_split, format_metrics, has_labels
 from .losses import acl_loss, idl_loss
 from .memory import ClusterMemory
+from .run_log import RunLog
 from .synthetic import make_synthetic_reid
 from .transforms import TwoViews, build_eval_transform, build_train_transform
 
-__all__ = ['TrainConfig', 'Trainer', 'train', 'evaluate_split', 'evaluate_run', 'prepare_data', 'LOSSES']
+__all__ = ['TrainConfig', 'Trainer', 'train', 'LOSSES']
 
 LOSSES = ('idl', 'acl', 'idl+acl')
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run depends on; saved into each checkpoint and the run folder."""
+    """Everything a run depends on; saved into each checkpoint and the run folder.
+
+    Every field is checked when the config is made, so a bad value stops the run before the warm-up,
+    not at the first merge an hour later.
+    """
     output: str = 'runs/unsup_reid'
     data_root: str | None = None  # None: generate the embedded synthetic set into output/data
-    layout: str = 'auto'  # market1501 | dukemtmc | folder | auto
+    layout: str = 'auto'  # one of datasets.LAYOUTS
     model: str = 'gam_resnet50_g4'  # any timm model name
     pretrained: bool = False
     embed_dim: int = 2048
     image_size: tuple[int, int] = (256, 128)  # (height, width), paper 5.2
-    loss: str = 'idl+acl'
+    loss: str = 'idl+acl'  # one of LOSSES
     temperature: float = 0.1  # tau of Eq. 4, 5 and 7
     memory_momentum: float = 0.5
     batch_size: int = 32
@@ -64,8 +81,8 @@ class TrainConfig:
     stages: int = 16  # merge stages after stage 0
     merge_percent: float = 0.04  # of the training images, merged per stage (paper: 4%)
     size_penalty: float = 0.005  # lambda of Eq. 10
-    cluster_distance: str = 'euclidean'  # Eq. 9; 'sqeuclidean' as BUC's code
-    size_update: str = 'step'  # 'step' (BUC) or 'refresh' after each union
+    cluster_distance: str = 'euclidean'  # Eq. 9; 'sqeuclidean' as BUC's code (clustering.DISTANCES)
+    size_update: str = 'step'  # 'step' (BUC) or 'refresh' after each union (clustering.SIZE_UPDATES)
     max_cluster_size: int | None = None
     target_clusters: int = 1  # label-free stop: merging ends at this many clusters
     seed: int = 0
@@ -78,9 +95,28 @@ class TrainConfig:
     synthetic: dict = field(default_factory=dict)  # arguments of make_synthetic_reid
 
     def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ValueError(f'loss must be one of {LOSSES}, got {self.loss!r}')
         self.image_size = tuple(self.image_size)
+        for name, allowed in (('layout', LAYOUTS), ('loss', LOSSES), ('cluster_distance', DISTANCES),
+                              ('size_update', SIZE_UPDATES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f'{name} must be one of {allowed}, got {getattr(self, name)!r}')
+        for name, low, high, what in _RANGES:
+            value = getattr(self, name)
+            if value is not None and not (low <= value <= high):
+                raise ValueError(f'{name} must be {what}, got {value!r}')
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ValueError(f'image_size must be (height, width) in pixels, got {self.image_size}')
+        if not self.model or not self.output:
+            raise ValueError('model and output must be named')
+        if self.device != 'auto':
+            try:
+                torch.device(self.device)
+            except RuntimeError as e:
+                raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:1', ..., "
+                                 f'got {self.device!r}') from e
+        known = set(inspect.signature(make_synthetic_reid).parameters) - {'root', 'seed'}
+        if unknown := sorted(set(self.synthetic) - known):
+            raise ValueError(f'synthetic takes {sorted(known)}, not {unknown}')
 
     @property
     def base_lr(self) -> float:
@@ -89,111 +125,20 @@ class TrainConfig:
         return 0.01 if self.pretrained else 0.1
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(name)
-
-
-def prepare_data(config: TrainConfig) -> ReidSplits:
-    """The data splits of a run, with unreadable images dropped and counted."""
-    root = config.data_root
-    if root is None:
-        root = make_synthetic_reid(Path(config.output) / 'data' / 'synthetic', seed=config.seed,
-                                   **config.synthetic)
-    splits = load_reid_dataset(root, layout=config.layout)
-    for split in ('train', 'query', 'gallery'):
-        images = getattr(splits, split)
-        good = check_images(images, on_error='skip')
-        if len(good) < len(images):
-            print(f'[data] {split}: skipped {len(images) - len(good)} unreadable image(s) '
-                  f'under {splits.root}')
-        setattr(splits, split, good)
-    if not splits.train:
-        raise ValueError(f'no readable training images under {splits.root}')
-    splits.train = in_content_order(splits.train)
-    return splits
-
-
-def in_content_order(images: list) -> list:
-    """``images`` sorted by a digest of each file's bytes (then path, for byte-identical copies).
-
-    The shuffle permutes positions in this list and cluster labels are keyed by them, so a list
-    sorted by path would make a run depend on what the files are called: renaming them, or
-    another reader listing them differently, would draw other batches. In content order the same
-    images always train the same way, whatever their names.
-    """
-    def key(image):
-        return hashlib.sha1(Path(image.path).read_bytes()).hexdigest(), image.path
-    return sorted(images, key=key)
-
-
-class SeededPerImage(torch.utils.data.Dataset):
-    """``dataset[index]`` with torch's generator seeded by (seed, epoch, index) first.
-
-    The random augmentations of an image then depend on the image and the epoch alone, not on the
-    process (torchrun rank) or DataLoader worker that loads it nor on what it loaded before: a
-    two-process run augments its global batch as one process does, whatever ``--workers`` is.
-    """
-
-    def __init__(self, dataset: torch.utils.data.Dataset, seed: int, epoch: int):
-        self.dataset, self.seed, self.epoch = dataset, seed, epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        torch.manual_seed(int(np.random.SeedSequence((self.seed, self.epoch, index)).generate_state(1)[0]))
-        return self.dataset[index]
-
-
-class RunLog:
-    """``log.jsonl`` (one JSON object per line) and ``metrics.json`` in the output folder."""
-
-    def __init__(self, output: Path):
-        self.path = output / 'log.jsonl'
-        self.metrics_path = output / 'metrics.json'
-        self._drop_partial_last_line()
-
-    def _drop_partial_last_line(self):
-        # a run killed mid-write leaves a line without its newline: cut it so every line parses
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b'\n'):
-            self.path.write_bytes(data[:data.rfind(b'\n') + 1])
-
-    def write(self, event: str, **fields):
-        line = json.dumps({'event': event, 'time': time.time(), **fields}, default=_jsonable) + '\n'
-        with open(self.path, 'a') as f:
-            f.write(line)
-
-    def write_metrics(self, metrics: dict):
-        atomic_write_text(self.metrics_path, json.dumps(metrics, indent=2, default=_jsonable) + '\n')
-
-
-def _jsonable(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f'{type(value).__name__} is not JSON serialisable')
-
-
-def evaluate_split(query_embeddings, gallery_embeddings, query, gallery) -> dict:
-    """CMC rank-1/5/10 and mAP (percent), Market-1501 protocol, for embeddings of labelled images."""
-    def ids(images, key):
-        return np.array([getattr(im, key) for im in images])
-    return evaluate_embeddings(query_embeddings, gallery_embeddings, ids(query, 'pid'), ids(gallery, 'pid'),
-                               ids(query, 'camid'), ids(gallery, 'camid'))
-
-
-def _amp_dtype(config: TrainConfig, device: torch.device):
-    return torch.bfloat16 if config.amp and device.type == 'cuda' else None
-
-
-def _has_labels(images) -> bool:
-    return bool(images) and all(im.pid >= 0 for im in images)
+_INF = float('inf')
+# (field, lowest, highest, how the error says it); None passes where the field allows it
+_RANGES = (
+    ('embed_dim', 1, _INF, 'a positive integer'), ('temperature', 1e-8, _INF, 'positive'),
+    ('memory_momentum', 0, 1 - 1e-12, 'in [0, 1)'), ('batch_size', 1, _INF, 'a positive integer'),
+    ('lr', 1e-12, _INF, 'positive'), ('momentum', 0, 1 - 1e-12, 'in [0, 1)'),
+    ('weight_decay', 0, _INF, 'zero or positive'), ('lr_decay_epochs', 1, _INF, 'a positive integer'),
+    ('lr_decay', 1e-12, 1, 'in (0, 1]'), ('warmup_epochs', 0, _INF, 'zero or more'),
+    ('epochs_per_stage', 1, _INF, 'a positive integer'), ('stages', 0, _INF, 'zero or more'),
+    ('merge_percent', 1e-12, 1, 'a fraction in (0, 1]'), ('size_penalty', 0, _INF, 'zero or positive'),
+    ('max_cluster_size', 1, _INF, 'a positive integer'), ('target_clusters', 1, _INF, 'a positive integer'),
+    ('workers', 0, _INF, 'zero or more'), ('eval_batch_size', 1, _INF, 'a positive integer'),
+    ('log_every', 1, _INF, 'a positive integer'),
+)
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:
@@ -211,24 +156,28 @@ def merges_for_stage(config: TrainConfig, num_images: int, num_clusters: int) ->
     return max(0, min(wanted, num_clusters - config.target_clusters))
 
 
-@dataclass
-class RunState:
-    """Where a run stands: what a checkpoint holds besides the weights and the optimiser."""
-    stage: int = 0
-    epoch_in_stage: int = 0
-    epoch: int = 0  # epochs done over the whole run: drives the learning-rate schedule
-    cluster_labels: torch.Tensor | None = None
-    memory: ClusterMemory | None = None
-    history: dict = field(default_factory=lambda: {'stages': []})
-    elapsed_s: float = 0.0  # training wall time before this process started
+def seed_for(*keys: int) -> int:
+    """A 32-bit seed that depends on ``keys`` alone (numpy's SeedSequence mixing)."""
+    return int(np.random.SeedSequence(keys).generate_state(1)[0])
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), 'memory': self.memory.state_dict() if self.memory is not None else None}
 
-    @classmethod
-    def from_dict(cls, state: dict, device) -> 'RunState':
-        memory = state['memory'] and ClusterMemory.from_state_dict(state['memory']).to(device)
-        return cls(**{**state, 'memory': memory})
+class SeededPerImage(torch.utils.data.Dataset):
+    """``dataset[index]`` with torch's generator seeded by (seed, epoch, index) first.
+
+    The random augmentations of an image then depend on the image and the epoch alone, not on the
+    process (torchrun rank) or DataLoader worker that loads it nor on what it loaded before: a
+    two-process run augments its global batch as one process does, whatever ``--workers`` is.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int, epoch: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        torch.manual_seed(seed_for(self.seed, self.epoch, index))
+        return self.dataset[index]
 
 
 class Trainer:
@@ -243,7 +192,7 @@ class Trainer:
         if self.group.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
         self.splits = self._prepare_data_once()
-        self.can_evaluate = _has_labels(self.splits.query) and _has_labels(self.splits.gallery)
+        self.can_evaluate = has_labels(self.splits.query) and has_labels(self.splits.gallery)
 
         torch.manual_seed(config.seed)
         self.model = create_embedder(config.model, config.embed_dim, pretrained=config.pretrained)
@@ -261,9 +210,16 @@ class Trainer:
         # rank 0 generates the synthetic set (if any) before the other ranks read it
         if not self.group.is_main:
             self.group.barrier()
-        splits = prepare_data(self.config)
+        config = self.config
+        root = config.data_root
+        if root is None:
+            root = make_synthetic_reid(self.output / 'data' / 'synthetic', seed=config.seed,
+                                       **config.synthetic)
+        splits = prepare_data(root, config.layout)
         if self.group.is_main:
             self.group.barrier()
+        if not splits.train:
+            raise ValueError(f'no readable training images under {splits.root}')
         return splits
 
     # -- the schedule ---------------------------------------------------------------------------
@@ -287,15 +243,18 @@ class Trainer:
             (self.output / 'config.json').write_text(json.dumps(asdict(self.config), indent=2) + '\n')
         if self.can_evaluate:
             state.history['untrained'] = before = self.evaluate()
-            self._report('eval', f'untrained: {_format_metrics(before)}', stage=-1, **before)
+            self._report('eval', f'untrained: {format_metrics(before)}', stage=-1, **before)
         return state
 
     def _resume(self) -> RunState:
-        saved = load_checkpoint(self.checkpoint_path, map_location=self.device)
-        load_model_weights(self.model, saved, self.config.model, self.checkpoint_path)
-        self.optimizer.load_state_dict(saved['optimizer'])
-        state = RunState.from_dict(saved['state'], self.device)
-        if saved.get('train_images') != self._train_images_fingerprint():
+        saved = TrainingCheckpoint.load(self.checkpoint_path, device=self.device)
+        if saved.state is None or saved.optimizer is None:
+            raise CheckpointError(f'{self.checkpoint_path} holds weights only, no training state to resume: '
+                                  'start afresh in a new --output')
+        load_checkpoint_weights(self.model, saved, self.checkpoint_path, self.config.model)
+        self.optimizer.load_state_dict(saved.optimizer)
+        state = saved.state
+        if saved.train_images != self._train_images_fingerprint():
             # cluster labels and memory slots are keyed by position: another list would scramble them
             raise CheckpointError(f'{self.checkpoint_path} was trained on another list of images '
                                   f'({len(state.cluster_labels)} of them, the data has '
@@ -328,6 +287,9 @@ class Trainer:
     def _train_epoch(self, state: RunState):
         for group in self.optimizer.param_groups:
             group['lr'] = learning_rate(self.config, state.epoch)
+        # whatever draws from torch's generator in this process (the loader's worker seeds, dropout in a
+        # model that has it) then depends on (seed, epoch) only, as in an uninterrupted run
+        torch.manual_seed(seed_for(self.config.seed, state.epoch))
         desc = f'stage {state.stage} epoch {state.epoch_in_stage + 1}'
         try:
             stats = self._train_one_epoch(self._train_loader(state.epoch), state, desc)
@@ -352,7 +314,7 @@ class Trainer:
         if self.can_evaluate:
             record.update(self.evaluate())
         state.history['stages'].append(record)
-        self._report('stage', f'stage {state.stage}: {num_clusters} clusters, {_format_metrics(record)}',
+        self._report('stage', f'stage {state.stage}: {num_clusters} clusters, {format_metrics(record)}',
                      **record)
         reached_target = num_clusters <= self.config.target_clusters
         state.stage = self.config.stages + 1 if reached_target else state.stage + 1
@@ -388,7 +350,7 @@ class Trainer:
         """One pass over the shuffled training set; mean losses and images per second."""
         config, device, group = self.config, self.device, self.group
         use_idl, use_acl = 'idl' in config.loss, 'acl' in config.loss
-        amp_dtype = _amp_dtype(config, device)
+        amp_dtype = autocast_dtype(config.amp, device)
         self.train_model.train()
         totals = {'loss': 0.0, 'idl': 0.0, 'acl': 0.0}
         seen, steps, start = 0, 0, time.perf_counter()
@@ -448,7 +410,7 @@ class Trainer:
         mine = extract_embeddings(self.model, [images[i] for i in share],
                                   build_eval_transform(config.image_size), batch_size=config.eval_batch_size,
                                   num_workers=config.workers,
-                                  device=self.device, amp_dtype=_amp_dtype(config, self.device))
+                                  device=self.device, amp_dtype=autocast_dtype(config.amp, self.device))
         return all_gather_rows(mine.to(self.device), self.group).cpu()
 
     def evaluate(self) -> dict:
@@ -459,11 +421,10 @@ class Trainer:
         if not self.group.is_main:
             return
         state.elapsed_s, self.started = state.elapsed_s + time.time() - self.started, time.time()
-        save_checkpoint({'config': asdict(self.config), 'model_name': self.config.model,
-                         'embed_dim': self.config.embed_dim, 'model': self.model.backbone.state_dict(),
-                         'optimizer': self.optimizer.state_dict(), 'state': state.to_dict(),
-                         'train_images': self._train_images_fingerprint()},
-                        self.checkpoint_path)
+        TrainingCheckpoint(config=asdict(self.config), model_name=self.config.model,
+                           embed_dim=self.config.embed_dim, model=self.model.backbone.state_dict(),
+                           optimizer=self.optimizer.state_dict(), state=state,
+                           train_images=self._train_images_fingerprint()).save(self.checkpoint_path)
 
     def _train_images_fingerprint(self) -> str:
         """Which training images, in which order, the saved cluster labels refer to."""
@@ -496,48 +457,3 @@ def _progress_enabled() -> bool:
     if setting is not None:
         return setting != '0'
     return sys.stderr.isatty()
-
-
-def load_model_weights(model: ReidEmbedder, state: dict, model_name: str, path) -> None:
-    """Load a checkpoint's weights, with a clear message when it is from another model or size."""
-    if state['model_name'] != model_name:
-        raise CheckpointError(f'{path} holds a {state["model_name"]!r} model, not {model_name!r}: pass '
-                              f'--model {state["model_name"]}, or the checkpoint of a {model_name} run')
-    if state['embed_dim'] != model.embed_dim:
-        raise CheckpointError(f'{path} has embedding size {state["embed_dim"]}, the model {model.embed_dim}: '
-                              f'pass --embed-dim {state["embed_dim"]}')
-    try:
-        model.backbone.load_state_dict(state['model'])
-    except RuntimeError as e:  # names or shapes that do not fit: a hand-edited or foreign checkpoint
-        raise CheckpointError(f'the weights in {path} do not fit a {model_name!r} model ({str(e)[:300]}); '
-                              'pass a checkpoint.pt written by recipes/unsup_reid.py for this model') from e
-
-
-def _format_metrics(metrics: dict) -> str:
-    keys = [k for k in ('rank1', 'rank5', 'rank10', 'mAP', 'cluster_purity') if k in metrics]
-    return ' '.join(f'{k} {metrics[k]:.1f}' if k != 'cluster_purity' else f'purity {metrics[k]:.3f}'
-                    for k in keys) or '(no labelled query/gallery)'
-
-
-def evaluate_run(config: TrainConfig, checkpoint: str | None = None) -> dict:
-    """``--eval-only``: a training checkpoint, or the model's pretrained (Hub) weights, on query/gallery."""
-    device = resolve_device(config.device)
-    splits = prepare_data(config)
-    if not (_has_labels(splits.query) and _has_labels(splits.gallery)):
-        raise ValueError(f'{splits.root} has no labelled query/gallery split to evaluate on: give a '
-                         'Market-1501 or DukeMTMC-reID layout with query/ and bounding_box_test/')
-    if checkpoint:
-        state = load_checkpoint(checkpoint)
-        model = create_embedder(state['model_name'], state['embed_dim'])
-        load_model_weights(model, state, state['model_name'], checkpoint)
-        config.image_size = tuple(state['config']['image_size'])
-    else:
-        model = create_embedder(config.model, config.embed_dim, pretrained=True)
-        config.image_size = tuple(model.backbone.pretrained_cfg['input_size'][1:])  # as it was trained
-    model.to(device)
-    embed = dict(transform=build_eval_transform(config.image_size), batch_size=config.eval_batch_size,
-                 num_workers=config.workers, device=device, amp_dtype=_amp_dtype(config, device))
-    metrics = evaluate_split(extract_embeddings(model, splits.query, **embed),
-                             extract_embeddings(model, splits.gallery, **embed), splits.query, splits.gallery)
-    print(f'[eval] {_format_metrics(metrics)}')
-    return metrics

@@ -1,0 +1,99 @@
+"""``recipes/unsup_reid.py --eval-only``: the model's sizes come from its weights, a test set alone is
+enough, and the figures land in ``--output`` as a training run's do (issue 9, items 3-5)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from recipe_scripts import RECIPE, load_recipe
+from release_checkpoints import tiny_training_run
+from test_release import RELEASE, REPO_ID
+
+from timm_gam import hub
+from timm_gam.reid.datasets import MARKET_FOLDERS
+
+recipe = load_recipe('unsup_reid')
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    """A finished smoke run, and a copy of its data set's test split alone (query/ and bounding_box_test/)."""
+    config, metrics = tiny_training_run(tmp_path_factory.mktemp('run'))
+    data = tmp_path_factory.mktemp('testset') / 'market'
+    for split in ('query', 'gallery'):
+        folder = MARKET_FOLDERS[split]
+        shutil.copytree(f'{config.output}/data/synthetic/{folder}', data / folder)
+    return config, metrics, f'{config.output}/checkpoint.pt', data
+
+
+def test_a_test_set_alone_is_enough_and_the_figures_are_written(tiny_run, tmp_path):
+    _, metrics, checkpoint, testset = tiny_run
+    output = tmp_path / 'eval'
+    assert recipe.run_cli(['--eval-only', '--checkpoint', checkpoint, '--data-root', str(testset),
+                           '--output', str(output)]) == 0
+    written = json.loads((output / 'metrics.json').read_text())
+    for key in ('rank1', 'rank5', 'rank10', 'mAP'):
+        assert written[key] == pytest.approx(metrics[key], abs=1e-6), key
+    assert written['embed_dim'] == 64 and written['image_size'] == [64, 32]
+    (event,) = [json.loads(line) for line in (output / 'log.jsonl').read_text().splitlines()]
+    assert event['event'] == 'eval' and event['mAP'] == written['mAP']
+
+
+def test_the_sizes_come_from_the_checkpoint_not_the_preset(tiny_run, tmp_path):
+    """The paper preset (2048-d, 256x128) is the default with --data-root; the checkpoint is 64-d, 64x32."""
+    _, metrics, checkpoint, testset = tiny_run
+    metrics_again = recipe.main(['--eval-only', '--checkpoint', checkpoint, '--data-root', str(testset),
+                                 '--output', str(tmp_path / 'eval')])
+    assert metrics_again['mAP'] == pytest.approx(metrics['mAP'], abs=1e-6)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--embed-dim', '32'], 'embeds in 64 dimensions, not 32'),
+    (['--image-size', '128', '64'], 'was trained on 64x32 images, not 128x64'),
+    (['--model', 'test_efficientnet_gn'], "holds a 'test_convnext' model"),
+])
+def test_a_flag_that_contradicts_the_weights_is_an_error(tiny_run, tmp_path, capsys, flags, message):
+    _, _, checkpoint, testset = tiny_run
+    output = tmp_path / 'eval'
+    assert recipe.run_cli(['--eval-only', '--checkpoint', checkpoint, '--data-root', str(testset),
+                           '--output', str(output), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_a_training_run_folder_is_not_overwritten(tiny_run, capsys):
+    config, _, checkpoint, testset = tiny_run
+    before = open(f'{config.output}/metrics.json').read()
+    assert recipe.run_cli(['--eval-only', '--checkpoint', checkpoint, '--data-root', str(testset),
+                           '--output', config.output]) == 2
+    assert 'holds a training run' in capsys.readouterr().err
+    assert open(f'{config.output}/metrics.json').read() == before
+
+
+def test_one_model_must_be_named(tiny_run, capsys):
+    _, _, checkpoint, testset = tiny_run
+    assert recipe.run_cli(['--eval-only', '--data-root', str(testset)]) == 2
+    assert '--checkpoint' in capsys.readouterr().err
+    assert recipe.run_cli(['--checkpoint', checkpoint]) == 2  # a checkpoint without --eval-only
+    assert '--resume' in capsys.readouterr().err
+
+
+def test_pretrained_weights_are_evaluated_at_their_own_size(tiny_run, tmp_path):
+    """The published g4 is 1024-d at 64x32: no flag needed, and --embed-dim 2048 is refused, not rebuilt."""
+    *_, testset = tiny_run
+    hub.install_into_hf_cache(RELEASE, REPO_ID, cache_dir=tmp_path / 'cache')
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / 'cache'), HF_HUB_OFFLINE='1', TIMM_GAM_PROGRESS='0')
+    command = [sys.executable, str(RECIPE), '--eval-only', '--pretrained', '--data-root', str(testset),
+               '--workers', '0']
+    result = subprocess.run([*command, '--output', str(tmp_path / 'eval')], env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+    assert written['embed_dim'] == 1024 and written['image_size'] == [64, 32]
+    assert written['pretrained'] == 'gam_resnet50_g4'
+    result = subprocess.run([*command, '--embed-dim', '2048', '--output', str(tmp_path / 'other')], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert 'embeds in 1024 dimensions, not 2048' in result.stderr

@@ -1,0 +1,233 @@
+"""The model card (``README.md``) of a released re-ID model: what it is, how to use it, what was measured.
+
+The card states only what was measured: rank-1/5/10 and mAP either measured by the publish command on
+the published (possibly fp16-rounded) weights, or copied from the checkpoint's own evaluation history and
+labelled so; parameters and GMACs counted on the released model; the training time and epochs the
+checkpoint recorded. It names data sets, never paths on the machine that trained: a reader on the Hub
+has only the name to go by.
+"""
+import shlex
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .reid.embedding import LoadedEmbedder
+from .reid.trainer import TrainConfig
+
+__all__ = ['RESEARCH_ONLY_DATASETS', 'count_gmacs', 'recipe_command', 'settings_without_flag', 'model_card',
+           'dtype_name']
+
+# data sets whose terms allow research use only; weights trained on them inherit the restriction
+RESEARCH_ONLY_DATASETS = {'market1501': 'Market-1501', 'dukemtmc': 'DukeMTMC-reID'}
+# TrainConfig fields recipes/unsup_reid.py has no flag for (tests/test_publish.py checks this against its
+# parser): the card lists those not at their default, leaving out the ones that cannot change the weights
+CONFIG_WITHOUT_FLAG = (
+    'momentum', 'memory_momentum', 'lr_decay', 'eval_batch_size', 'log_every', 'synthetic')
+_CONFIG_NOT_AFFECTING_WEIGHTS = ('eval_batch_size', 'log_every')
+
+
+def count_gmacs(model: torch.nn.Module, image_size: tuple[int, int]) -> float:
+    """Multiply-accumulates (10^9) of one forward pass on one image, counted as docs/models.md says:
+    convolutions and matrix products only (FLOPs / 2), the embedding layer included."""
+    counter = FlopCounterMode(display=False)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, 3, *image_size))
+    model.train(was_training)
+    return counter.get_total_flops() / 2e9
+
+
+def recipe_command(config: dict, data_root: str | None = None) -> str:
+    """The ``recipes/unsup_reid.py`` command that trains with ``config``: every setting as an explicit flag,
+    so no preset default can change what it means. ``data_root``, if given, stands in for the config's
+    (a path on the training machine means nothing to a reader of the card)."""
+    defaults = asdict(TrainConfig())
+    if data_root is not None and config.get('data_root') is not None:
+        config = {**config, 'data_root': data_root}
+    args = ['python', 'recipes/unsup_reid.py']
+    for field in fields(TrainConfig):
+        name, value = field.name, config.get(field.name, defaults[field.name])
+        if name in CONFIG_WITHOUT_FLAG or value is None:
+            continue
+        flag = '--' + name.replace('_', '-')
+        if name == 'amp':
+            args += [] if value else ['--no-amp']
+        elif isinstance(value, bool):
+            args += [flag] if value else []
+        elif isinstance(value, (list, tuple)):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, str(value)]
+    return shlex.join(args)
+
+
+def settings_without_flag(config: dict) -> dict:
+    """Settings of ``config`` that differ from TrainConfig's defaults and have no recipe flag."""
+    defaults = asdict(TrainConfig())
+    return {k: config[k] for k in CONFIG_WITHOUT_FLAG
+            if k not in _CONFIG_NOT_AFFECTING_WEIGHTS and k in config and config[k] != defaults[k]}
+
+
+def _format_hours(seconds: float) -> str:
+    return f'{seconds / 3600:.2f} h' if seconds >= 360 else f'{seconds / 60:.1f} min'
+
+
+def _data_name(root: str | None) -> str:
+    """What a reader of the card can look up: the data set's name, never a path on the training machine."""
+    if root is None:
+        return 'the synthetic data set'
+    folder = Path(root).name
+    title = next((title for key, title in RESEARCH_ONLY_DATASETS.items() if key in folder.lower()), None)
+    return f'{title} (data folder `{folder}`)' if title else f'the data folder `{folder}`'
+
+
+def _data_description(config: dict, num_train_images: int) -> tuple[str, str]:
+    """(what the model was trained on, the licence paragraph) for the card."""
+    root = config['data_root']
+    if root is None:
+        return ('the synthetic person data set drawn in code by `timm_gam.reid.make_synthetic_reid` '
+                f'(arguments {config["synthetic"] or "default"})',
+                'The training images are synthetic and carry no third-party terms; the code is Apache-2.0.')
+    name = next((title for key, title in RESEARCH_ONLY_DATASETS.items() if key in Path(root).name.lower()),
+                None)
+    if name is None:
+        return (f'{num_train_images:,} images of {_data_name(root)}, identity labels never used',
+                'These weights are derived from those images: their terms apply to the weights too. '
+                'Check them before any use beyond research. The code is Apache-2.0.')
+    return (f'the {num_train_images:,} training images of {_data_name(root)}: person crops of its '
+            '`bounding_box_train` split, identity labels never used',
+            f'{name} may be used for non-commercial research only and must not be redistributed. These '
+            f'weights are derived from {name} images, so they are released for research use only under the '
+            f'same terms (licence "other"); the timm-gam code is Apache-2.0.')
+
+
+def _metrics_section(metrics: dict | None, measured_by_publish: bool, dtype: torch.dtype) -> str:
+    if metrics is None:
+        return ('Not measured for these weights: the checkpoint was saved in the middle of a stage, after '
+                'its last evaluation. Run `recipes/publish.py --data-root DIR` to measure them.')
+    table = ('| rank-1 | rank-5 | rank-10 | mAP |\n|---|---|---|---|\n'
+             f'| {metrics["rank1"]:.1f} | {metrics["rank5"]:.1f} | {metrics["rank10"]:.1f} '
+             f'| {metrics["mAP"]:.1f} |')
+    if measured_by_publish:
+        source = (f'Measured by `recipes/publish.py` on the published {dtype_name(dtype)} weights, '
+                  f'the query/gallery split of {_data_name(metrics["data_root"])}: {metrics["num_query"]:,} '
+                  f'query and {metrics["num_gallery"]:,} gallery images of {metrics["num_identities"]:,} '
+                  'people absent from the training split. Market-1501 protocol (same identity in the same '
+                  'camera ignored), Euclidean distance of the L2-normalised embeddings, percent.')
+    else:
+        source = ('Copied from the training checkpoint\'s own evaluation after its last stage (stage '
+                  f'{metrics["stage"]}) on the query/gallery split of {_data_name(metrics["data_root"])}, '
+                  'fp32 weights, Market-1501 protocol, percent. Not re-measured by the publish command.')
+    return f'{source}\n\n{table}'
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}[dtype]
+
+
+def model_card(loaded: LoadedEmbedder, repo_id: str, *, metrics: dict | None, measured_by_publish: bool,
+               dtype: torch.dtype = torch.float32, hardware: str | None = None) -> str:
+    """The ``README.md`` of a Hub folder: what the model is, how to use it, data and licence, the recipe
+    command, what was measured, size and cost, how it was trained, and its limitations."""
+    checkpoint = loaded.checkpoint
+    config, state = checkpoint.config, checkpoint.state
+    model_name, embed_dim = checkpoint.model_name, checkpoint.embed_dim
+    num_train_images = len(state.cluster_labels)
+    height, width = loaded.image_size
+    backbone = loaded.backbone
+    params = sum(p.numel() for p in backbone.parameters())
+    embedding_params = sum(p.numel() for p in backbone.get_classifier().parameters())
+    gmacs = count_gmacs(backbone, loaded.image_size)
+    stages = state.history['stages']
+    clusters = stages[-1]['num_clusters'] if stages else num_train_images
+    finished = state.stage > config['stages']
+    trained_on, licence = _data_description(config, num_train_images)
+    extra_settings = settings_without_flag(config)
+    extra = f'\nSettings without a command-line flag, not at their default: `{extra_settings}`.\n' \
+        if extra_settings else ''
+    purity = stages[-1].get('cluster_purity') if stages else None
+    purity_line = (f' Their purity against the file-name identities (a diagnostic the training never sees) '
+                   f'is {purity:.3f}.') if purity is not None else ''
+    progress = ('the full schedule' if finished else
+                f'an unfinished run: {len(stages)} of {config["stages"] + 1} stages completed')
+    hardware_line = hardware or f'device setting `{config["device"]}` (the checkpoint does not record more)'
+    small_input = (f'- Trained at {height}x{width}, far below the paper\'s 256x128: expect much lower '
+                   'accuracy than the paper reports, and feed images at this size (timm\'s data config '
+                   'does).\n'
+                   if height * width < 256 * 128 else '')
+    tag = repo_id.split('/')[-1]
+    return f"""---
+license: other
+library_name: timm
+tags:
+- image-feature-extraction
+- person-re-identification
+- timm
+- timm-gam
+---
+# {tag}
+
+A person re-identification embedding: timm's `{model_name}` whose classifier outputs a {embed_dim}-d
+embedding, trained **without identity labels** by the IDL + ACL recipe of Nikhal & Riggan, "Unsupervised
+Attention Based Instance Discriminative Learning for Person Re-Identification" (WACV 2021), as implemented
+in timm-gam. Compare people by the Euclidean distance of the L2-normalised embeddings.
+
+## Usage
+
+```python
+import timm
+import torch.nn.functional as F
+import timm_gam  # registers the GAM models with timm
+
+model = timm.create_model('{model_name}', pretrained=True).eval()  # or 'hf-hub:{repo_id}'
+config = timm.data.resolve_data_config({{}}, model=model)       # input {height}x{width}, ImageNet mean/std
+transform = timm.data.create_transform(**config)
+embedding = F.normalize(model(transform(image).unsqueeze(0)), dim=1)  # image: a PIL person crop
+```
+
+## Results
+
+{_metrics_section(metrics, measured_by_publish, dtype)}
+
+Reproduce with `python recipes/unsup_reid.py --eval-only --pretrained --model {model_name} --data-root DATA`
+(DATA: the data set's folder; the embedding and input sizes come from the weights).
+
+## Model
+
+| | |
+|---|---|
+| architecture | `{model_name}`, {embed_dim}-d embedding (`num_classes={embed_dim}`) |
+| input | 3x{height}x{width}, ImageNet mean/std, bilinear resize of the whole crop |
+| parameters | {params:,} ({params - embedding_params:,} without the embedding layer) |
+| GMACs | {gmacs:.2f} at {height}x{width} (convolutions and matrix products, FlopCounterMode) |
+| weights | `model.safetensors`, {dtype_name(dtype)} |
+
+## Training
+
+Trained on {trained_on}, from {'pretrained' if config['pretrained'] else 'scratch (no ImageNet weights)'},
+with loss `{config['loss']}`. {progress.capitalize()}: {state.epoch} epochs in all, ending
+with {clusters:,} clusters of {num_train_images:,} training images.{purity_line} Training took
+{_format_hours(state.elapsed_s)} of wall time (evaluations included) on {hardware_line}.
+
+The exact command (a run interrupted and continued adds `--resume`; DATA is the data set's folder):
+
+```bash
+{recipe_command(config, data_root='DATA')}
+```
+{extra}
+## Data and licence
+
+{licence}
+
+## Limitations
+
+{small_input}- Label-free clustering merges different people that look alike (same clothing colours) and
+  splits one person seen from different cameras; the numbers above are for one data set and do not transfer
+  to other cameras or populations without measuring.
+- The figures are for a single training run (seed {config['seed']}); no variance over seeds was measured.
+- Person re-identification can be used to track people: use it only where the people filmed have agreed or
+  the law allows it.
+"""

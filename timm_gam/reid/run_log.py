@@ -1,0 +1,49 @@
+"""A run folder's record: ``log.jsonl`` (one JSON object per event) and ``metrics.json``.
+
+Training and ``--eval-only`` write the same two files, so scripts read the figures of either the
+same way. ``metrics.json`` is replaced atomically; ``log.jsonl`` only grows, and a line cut short by
+a kill is dropped when the log is opened again, so every line parses.
+"""
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import atomic_write_text
+
+__all__ = ['RunLog']
+
+
+class RunLog:
+    """``log.jsonl`` and ``metrics.json`` in the folder ``output`` (created if needed)."""
+
+    def __init__(self, output: str | Path):
+        output = Path(output)
+        output.mkdir(parents=True, exist_ok=True)
+        self.path = output / 'log.jsonl'
+        self.metrics_path = output / 'metrics.json'
+        self._drop_partial_last_line()
+
+    def _drop_partial_last_line(self):
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b'\n'):
+            self.path.write_bytes(data[:data.rfind(b'\n') + 1])
+
+    def write(self, event: str, **fields):
+        line = json.dumps({'event': event, 'time': time.time(), **fields}, default=_jsonable) + '\n'
+        with open(self.path, 'a') as f:
+            f.write(line)
+
+    def write_metrics(self, metrics: dict):
+        atomic_write_text(self.metrics_path, json.dumps(metrics, indent=2, default=_jsonable) + '\n')
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f'{type(value).__name__} is not JSON serialisable')
