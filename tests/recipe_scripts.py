@@ -1,8 +1,12 @@
-"""Import a script of ``recipes/`` as a module, so tests call its ``main`` / ``run_cli`` in-process."""
+"""The scripts of ``recipes/`` for tests: imported as modules (to call ``main`` / ``run_cli`` in-process),
+or run as commands (``RECIPE`` with ``RECIPE_ENV``: progress bars off, so output is plain lines)."""
 import importlib.util
+import os
 from pathlib import Path
 
 RECIPES = Path(__file__).resolve().parents[1] / 'recipes'
+RECIPE = RECIPES / 'unsup_reid.py'
+RECIPE_ENV = dict(os.environ, TIMM_GAM_PROGRESS='0')
 
 
 def load_recipe(name: str):

@@ -8,16 +8,11 @@ import json
 from recipe_scripts import load_recipe
 
 
-def test_default_command_learns(tmp_path, monkeypatch, capsys):
-    recipe = load_recipe('unsup_reid')
-    monkeypatch.chdir(tmp_path)  # the default output folder, runs/unsup_reid-synthetic, lands here
-
-    assert recipe.run_cli([]) == 0
-
-    out = capsys.readouterr().out
-    assert '[eval] untrained:' in out
-    metrics = json.loads((tmp_path / 'runs' / 'unsup_reid-synthetic' / 'metrics.json').read_text())
-    preset = recipe.PRESETS['synthetic']
+def test_default_command_learns(default_run):
+    output, printed = default_run
+    assert '[eval] untrained:' in printed
+    metrics = json.loads((output / 'metrics.json').read_text())
+    preset = load_recipe('unsup_reid').PRESETS['synthetic']
     assert metrics['model'] == preset['model'] == 'test_gam_resnet'
     counts = [stage['num_clusters'] for stage in metrics['history']]
     assert len(counts) == preset['stages'] + 1 and counts == sorted(counts, reverse=True)
