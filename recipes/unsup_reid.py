@@ -4,7 +4,7 @@
     python recipes/unsup_reid.py --preset cpu-hour --data-root ../shared/data/market1501-dev \\
         --output runs/g4-cpu                                      # real data, under an hour on 2 cores
     python recipes/unsup_reid.py --preset paper --data-root DATA --output runs/g4   # full size (GPU)
-    python recipes/unsup_reid.py --output runs/g4 --resume        # continue a killed run
+    python recipes/unsup_reid.py --output runs/g4 --resume        # continue a killed run as it was started
     python recipes/unsup_reid.py --eval-only --checkpoint runs/g4/checkpoint.pt --data-root DATA
     python recipes/unsup_reid.py --eval-only --pretrained --data-root DATA --output runs/eval-g4  # the Hub's
     python recipes/unsup_reid.py --preset smoke --model test_convnext   # the whole pipeline in a minute
@@ -25,8 +25,10 @@ import argparse
 import json
 import sys
 from dataclasses import asdict, fields
+from pathlib import Path
 
 import timm_gam  # noqa: F401  (registers the GAM and CBAM models with timm)
+from timm_gam.reid.checkpoint import TrainingCheckpoint
 from timm_gam.reid.clustering import DISTANCES, SIZE_UPDATES
 from timm_gam.reid.datasets import LAYOUTS
 from timm_gam.reid.eval_only import evaluate_run
@@ -99,12 +101,28 @@ def parse_args(argv=None):
 
 
 def build_config(args) -> TrainConfig:
+    """The preset's values, then every flag given.
+
+    With ``--resume`` the saved run's configuration (its checkpoint's, or its config.json before the first
+    checkpoint) takes the preset's place, so ``--output RUN --resume`` alone continues a run as it was
+    started; a flag given with it (``--stages 8`` to go on longer) changes the saved value, and is printed.
+    """
     preset = args.preset or ('paper' if args.data_root else 'synthetic')
     values = dict(PRESETS[preset])
     values['output'] = 'runs/unsup_reid-eval' if args.eval_only else f'runs/unsup_reid-{preset}'
     flags = {f.name for f in fields(TrainConfig)}
-    values.update({k: v for k, v in vars(args).items() if k in flags and v is not None})
-    return TrainConfig(**values)
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
+             if k in flags and v is not None}
+    output = Path(given.get('output', values['output']))
+    if args.resume and (output / 'checkpoint.pt').exists():
+        values = {**TrainingCheckpoint.load(output / 'checkpoint.pt').config, 'output': values['output']}
+    elif args.resume and (output / 'config.json').exists():  # killed before its first checkpoint
+        values = {**json.loads((output / 'config.json').read_text()), 'output': values['output']}
+        changed = {k: v for k, v in given.items() if k != 'output' and values.get(k) != v}
+        if changed:
+            print('[resume] changing the saved configuration: '
+                  + ', '.join(f'{k} {values.get(k)!r} -> {v!r}' for k, v in changed.items()))
+    return TrainConfig(**{**values, **given})
 
 
 def main(argv=None) -> dict:
