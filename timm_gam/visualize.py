@@ -29,8 +29,8 @@ from .reid.transforms import build_eval_transform
 
 __all__ = [
     'spatial_attention_maps', 'stage_activation_maps', 'plot_attention', 'rank_gallery',
-    'plot_ranked_retrieval', 'choose_identities', 'plot_tsne', 'read_run_log', 'plot_training_curves',
-    'MAP_KINDS',
+    'plot_ranked_retrieval', 'plot_search_results', 'choose_identities', 'plot_tsne', 'read_run_log',
+    'plot_training_curves', 'MAP_KINDS',
 ]
 
 MAP_KINDS = ('auto', 'attention', 'activation')
@@ -184,11 +184,41 @@ def plot_ranked_retrieval(loaded: LoadedEmbedder, query: Sequence[ReidImage], ga
     chosen = [query[i] for i in query_indices]
     ranked = rank_gallery(extract_embeddings(loaded.embedder, chosen, transform),
                           extract_embeddings(loaded.embedder, gallery, transform), chosen, gallery, top_k)
-    figure = Figure(figsize=(0.9 * (top_k + 1), 2.0 * len(chosen)))
-    axes = figure.subplots(len(chosen), top_k + 1, squeeze=False)
-    for row, (image, matches) in enumerate(zip(chosen, ranked, strict=True)):
-        axes[row, 0].imshow(load_image(image.path))
-        axes[row, 0].set_title(f'query\nid {image.pid}', fontsize=7)
+    rows = [(load_image(image.path), f'query\nid {image.pid}',
+             [(load_image(gallery[m].path), f'{rank + 1}',
+               CORRECT_COLOUR if gallery[m].pid == image.pid else WRONG_COLOUR)
+              for rank, m in enumerate(matches)])
+            for image, matches in zip(chosen, ranked, strict=True)]
+    title = f'{loaded.label}: top-{top_k} gallery matches (green: same identity, red: another)'
+    return _save(_ranked_rows_figure(rows, top_k, title), output)
+
+
+def plot_search_results(queries: Sequence[tuple[str, Image.Image]],
+                        matches: Sequence[Sequence[tuple[str, Image.Image, float]]],
+                        output: str | os.PathLike, title: str) -> Path:
+    """A ranked list per query for a gallery without labels: ``queries`` are (name, image), ``matches``
+    per query (name, image, distance), closest first; each match is titled with its rank and distance."""
+    top_k = max((len(row) for row in matches), default=1)
+    rows = [(image, f'query\n{_short(name)}',
+             [(match, f'{rank + 1}: {distance:.2f}\n{_short(match_name)}', None)
+              for rank, (match_name, match, distance) in enumerate(row)])
+            for (name, image), row in zip(queries, matches, strict=True)]
+    return _save(_ranked_rows_figure(rows, top_k, title), output)
+
+
+def _short(name: str, length: int = 14) -> str:
+    name = Path(name).name
+    return name if len(name) <= length else name[:length - 1] + '…'
+
+
+def _ranked_rows_figure(rows, top_k: int, title: str) -> Figure:
+    """One row per query: its image, then up to ``top_k`` (image, title, frame colour or None)."""
+    figure = Figure(figsize=(1.1 * (top_k + 1), 2.0 * len(rows)))
+    axes = figure.subplots(len(rows), top_k + 1, squeeze=False)
+    for row, (query_image, query_title, matches) in enumerate(rows):
+        axes[row, 0].imshow(query_image)
+        axes[row, 0].set_title(query_title, fontsize=7)
+        axes[row, 0].set_axis_off()
         for col in range(top_k):
             ax = axes[row, col + 1]
             ax.set_xticks([])
@@ -196,17 +226,15 @@ def plot_ranked_retrieval(loaded: LoadedEmbedder, query: Sequence[ReidImage], ga
             if col >= len(matches):
                 ax.set_axis_off()
                 continue
-            match = gallery[matches[col]]
-            ax.imshow(load_image(match.path))
-            ax.set_title(f'{col + 1}', fontsize=7)
-            colour = CORRECT_COLOUR if match.pid == image.pid else WRONG_COLOUR
-            for spine in ax.spines.values():
-                spine.set_edgecolor(colour)
-                spine.set_linewidth(3)
-        axes[row, 0].set_axis_off()
-    figure.suptitle(f'{loaded.label}: top-{top_k} gallery matches (green: same identity, red: another)',
-                    fontsize=8)
-    return _save(figure, output)
+            image, match_title, colour = matches[col]
+            ax.imshow(image)
+            ax.set_title(match_title, fontsize=6 if '\n' in match_title else 7)
+            if colour is not None:
+                for spine in ax.spines.values():
+                    spine.set_edgecolor(colour)
+                    spine.set_linewidth(3)
+    figure.suptitle(title, fontsize=8)
+    return figure
 
 
 # ---------------------------------------------------------------------------------------------------------

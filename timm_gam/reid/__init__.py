@@ -9,7 +9,8 @@ Paper section -> function:
 * Market-1501 protocol, CMC and mAP ... :func:`evaluate_rank`
 
 A trained model is loaded one way, :func:`load_embedder` (a checkpoint or pretrained weights), and
-evaluated one way, :func:`evaluate_model` / :func:`evaluate_split`.
+evaluated one way, :func:`evaluate_model` / :func:`evaluate_split`. :class:`FeatureExtractor` gives
+practitioners its features for paths, PIL images or numpy crops.
 """
 from .checkpoint import CheckpointError, RunState, TrainingCheckpoint, load_checkpoint, save_checkpoint
 from .clustering import cluster_purity, merge_clusters
@@ -26,6 +27,7 @@ from .datasets import (
 from .embedding import LoadedEmbedder, ReidEmbedder, create_embedder, extract_embeddings, load_embedder
 from .eval_only import evaluate_run
 from .evaluation import evaluate_embeddings, evaluate_model, evaluate_rank, evaluate_split, pairwise_euclidean
+from .feature_extractor import FeatureExtractor
 from .losses import acl_loss, idl_loss
 from .memory import ClusterMemory
 from .synthetic import make_synthetic_reid
@@ -33,10 +35,11 @@ from .trainer import TrainConfig, train
 from .transforms import TwoViews, build_eval_transform, build_train_transform
 
 __all__ = [
-    'CheckpointError', 'ClusterMemory', 'ImageLoadError', 'LoadedEmbedder', 'ReidEmbedder', 'ReidImage',
-    'ReidImageDataset', 'ReidSplits', 'RunState', 'TrainConfig', 'TrainingCheckpoint', 'TwoViews', 'acl_loss',
-    'build_eval_transform', 'build_train_transform', 'check_images', 'cluster_purity', 'create_embedder',
-    'evaluate_embeddings', 'evaluate_model', 'evaluate_rank', 'evaluate_run', 'evaluate_split',
-    'extract_embeddings', 'idl_loss', 'load_checkpoint', 'load_embedder', 'load_image', 'load_reid_dataset',
-    'make_synthetic_reid', 'merge_clusters', 'pairwise_euclidean', 'prepare_data', 'save_checkpoint', 'train',
+    'CheckpointError', 'ClusterMemory', 'FeatureExtractor', 'ImageLoadError', 'LoadedEmbedder',
+    'ReidEmbedder', 'ReidImage', 'ReidImageDataset', 'ReidSplits', 'RunState', 'TrainConfig',
+    'TrainingCheckpoint', 'TwoViews', 'acl_loss', 'build_eval_transform', 'build_train_transform',
+    'check_images', 'cluster_purity', 'create_embedder', 'evaluate_embeddings', 'evaluate_model',
+    'evaluate_rank', 'evaluate_run', 'evaluate_split', 'extract_embeddings', 'idl_loss', 'load_checkpoint',
+    'load_embedder', 'load_image', 'load_reid_dataset', 'make_synthetic_reid', 'merge_clusters',
+    'pairwise_euclidean', 'prepare_data', 'save_checkpoint', 'train',
 ]

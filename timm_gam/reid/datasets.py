@@ -22,7 +22,7 @@ import torch.utils.data
 from PIL import Image, ImageOps
 
 __all__ = [
-    'ALL_SPLITS', 'EVALUATION_SPLITS', 'LAYOUTS', 'in_content_order', 'prepare_data',
+    'ALL_SPLITS', 'EVALUATION_SPLITS', 'LAYOUTS', 'in_content_order', 'prepare_data', 'to_rgb',
     'IMAGE_SUFFIXES', 'ImageLoadError', 'ReidImage', 'ReidImageDataset', 'ReidSplits', 'check_images',
     'load_image', 'load_reid_dataset', 'parse_duke_name', 'parse_market_name',
 ]
@@ -281,8 +281,9 @@ def in_content_order(images: list) -> list:
 # Images
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB without the surprises of a bare ``convert('RGB')``."""
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB without the surprises of a bare ``convert('RGB')``: greyscale
+    replicated, 16-bit greyscale rescaled, transparency composited over the ImageNet mean colour."""
     if img.mode.startswith('I'):
         # 16-bit (and 32-bit integer) greyscale: convert('RGB') would clip at 255, whitening the image
         values = np.asarray(img, dtype=np.float64)
@@ -327,7 +328,7 @@ def load_image(path: str | Path) -> Image.Image:
     non-image file.
     """
     img = _open_decoded(path)
-    return _to_rgb(ImageOps.exif_transpose(img))
+    return to_rgb(ImageOps.exif_transpose(img))
 
 
 def _path_of(item: ReidImage | str | Path) -> str:
