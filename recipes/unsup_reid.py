@@ -23,6 +23,7 @@ The paper's ablation rows are one flag apart: ``--loss acl --model resnet50`` (B
 """
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -109,6 +110,9 @@ def build_config(args) -> TrainConfig:
     """
     preset = args.preset or ('paper' if args.data_root else 'synthetic')
     values = dict(PRESETS[preset])
+    # a preset's loader processes, at most one per core: more only compete (the paper preset's 8 are a
+    # GPU machine's); the seeded augmentations make the results independent of the number
+    values['workers'] = min(values.get('workers', TrainConfig.workers), os.cpu_count() or 1)
     values['output'] = 'runs/unsup_reid-eval' if args.eval_only else f'runs/unsup_reid-{preset}'
     flags = {f.name for f in fields(TrainConfig)}
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
