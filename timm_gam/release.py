@@ -29,7 +29,7 @@ def measure_metrics(loaded: LoadedEmbedder, data_root: str | os.PathLike, batch_
     splits = prepare_data(data_root, splits=EVALUATION_SPLITS)
     metrics = evaluate_model(loaded.embedder, splits.query, splits.gallery, loaded.image_size,
                              batch_size=batch_size, workers=workers)
-    return {**metrics, 'data_root': str(data_root), 'num_identities': len({im.pid for im in splits.query})}
+    return {**metrics, 'data_root': str(data_root)}
 
 
 def round_weights(model: torch.nn.Module, dtype: torch.dtype) -> None:

@@ -23,7 +23,8 @@ from PIL import Image, ImageOps
 
 __all__ = [
     'ALL_SPLITS', 'EVALUATION_SPLITS', 'LAYOUTS', 'in_content_order', 'prepare_data', 'to_rgb',
-    'IMAGE_SUFFIXES', 'ImageLoadError', 'ReidImage', 'ReidImageDataset', 'ReidSplits', 'check_images',
+    'image_files', 'IMAGE_SUFFIXES', 'ImageLoadError', 'ReidImage', 'ReidImageDataset', 'ReidSplits',
+    'check_images',
     'load_image', 'load_reid_dataset', 'parse_duke_name', 'parse_market_name',
 ]
 
@@ -113,7 +114,8 @@ def parse_duke_name(filename: str | Path) -> tuple[int, int]:
 # Layouts
 
 
-def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
+def image_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """The image files in ``folder`` (and below it, with ``recursive``), sorted by path."""
     files = folder.rglob('*') if recursive else folder.iterdir()
     # Market-1501's archive ships Thumbs.db files: anything without an image suffix is not data
     return sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -123,7 +125,7 @@ def _read_labelled_folder(folder: Path, scheme: _NameScheme, split: str,
                           keep_distractors: bool) -> list[ReidImage]:
     """One split's images; pid -1 junk always dropped, pid 0 distractors only if asked (as torchreid)."""
     images, misnamed = [], []
-    for path in _image_files(folder):
+    for path in image_files(folder):
         try:
             pid, camid = _parse_name(path.name, scheme)
         except ValueError:
@@ -151,7 +153,7 @@ def _read_market_layout(root: Path, name: str, splits: Sequence[str]) -> ReidSpl
 
 
 def _read_folder_layout(root: Path) -> ReidSplits:
-    images = [ReidImage(str(p)) for p in _image_files(root, recursive=True)]
+    images = [ReidImage(str(p)) for p in image_files(root, recursive=True)]
     if not images:
         raise ValueError(f'no image files ({", ".join(sorted(IMAGE_SUFFIXES))}) under {root}; '
                          f'point --data-root at a folder of person images')
@@ -192,7 +194,7 @@ def _detect_layout(root: Path, splits: Sequence[str]) -> str:
         if splits != ALL_SPLITS or _looks_like_market_attempt(root):
             _check_market_folders(root, splits)  # raises, naming what is there and what is expected
         return 'folder'
-    names = [p.name for p in _image_files(first)[:200]]
+    names = [p.name for p in image_files(first)[:200]]
     duke = sum(bool(_DUKE_NAMES.pattern.fullmatch(n)) for n in names)
     market = sum(bool(_MARKET_NAMES.pattern.fullmatch(n)) for n in names)
     return 'dukemtmc' if duke > market else 'market1501'

@@ -132,13 +132,14 @@ def evaluate_model(model: nn.Module, query: Sequence[ReidImage], gallery: Sequen
                    image_size: tuple[int, int], *, batch_size: int = 128, workers: int = 0,
                    device: str | torch.device = 'cpu', amp_dtype: torch.dtype | None = None) -> dict:
     """Embed a labelled query/gallery split with ``model`` at ``image_size`` and score it
-    (:func:`evaluate_split`); adds the split sizes. ``model`` outputs normalised embeddings
-    (a :class:`~timm_gam.reid.ReidEmbedder`)."""
+    (:func:`evaluate_split`); adds the split sizes and the number of query identities. ``model``
+    outputs normalised embeddings (a :class:`~timm_gam.reid.ReidEmbedder`)."""
     embed = dict(transform=build_eval_transform(image_size), batch_size=batch_size, num_workers=workers,
                  device=device, amp_dtype=amp_dtype)
     metrics = evaluate_split(extract_embeddings(model, query, **embed),
                              extract_embeddings(model, gallery, **embed), query, gallery)
-    return {**metrics, 'num_query': len(query), 'num_gallery': len(gallery)}
+    return {**metrics, 'num_query': len(query), 'num_gallery': len(gallery),
+            'num_identities': len({im.pid for im in query})}
 
 
 def format_metrics(metrics: dict) -> str:

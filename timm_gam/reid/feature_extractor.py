@@ -211,7 +211,7 @@ def _as_rgb_image(image: ImageInput, index: int) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         return load_image(image)
     if isinstance(image, Image.Image):
-        return to_rgb(image)
+        return image if image.mode == 'RGB' else to_rgb(image)
     if isinstance(image, np.ndarray):
         return to_rgb(Image.fromarray(_check_array(image, index)))
     raise ValueError(f'input {index} is a {type(image).__name__}; expected a file path, a PIL image or a '

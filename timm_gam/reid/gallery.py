@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .datasets import IMAGE_SUFFIXES, ImageLoadError, load_image
+from .datasets import IMAGE_SUFFIXES, ImageLoadError, image_files, load_image
 from .feature_extractor import FeatureExtractor
 
 __all__ = ['Gallery', 'extract_gallery', 'search_gallery', 'EXACT_SEARCH_LIMIT', 'SEARCH_INDEXES']
@@ -68,17 +68,12 @@ class Gallery:
         return FeatureExtractor(self.model, checkpoint=self.checkpoint, **kwargs)
 
 
-def image_files(folder: str | os.PathLike) -> list[Path]:
-    """Every image file under ``folder``, recursively, sorted."""
+def extract_gallery(extractor: FeatureExtractor, folder: str | os.PathLike, progress: bool = True) -> Gallery:
+    """Features of every readable image under ``folder``; unreadable files are skipped and counted."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f'{folder} is not a folder of images; pass --images DIR')
-    return sorted(p for p in folder.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def extract_gallery(extractor: FeatureExtractor, folder: str | os.PathLike, progress: bool = True) -> Gallery:
-    """Features of every readable image under ``folder``; unreadable files are skipped and counted."""
-    files = image_files(folder)
+    files = image_files(folder, recursive=True)
     if not files:
         raise ValueError(f'no image files ({", ".join(sorted(IMAGE_SUFFIXES))}) under {folder}')
     features, kept, skipped = [], [], 0
