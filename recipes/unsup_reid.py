@@ -33,7 +33,7 @@ from timm_gam.reid.checkpoint import TrainingCheckpoint
 from timm_gam.reid.clustering import DISTANCES, SIZE_UPDATES
 from timm_gam.reid.datasets import LAYOUTS
 from timm_gam.reid.eval_only import evaluate_run
-from timm_gam.reid.trainer import LOSSES, TrainConfig, train
+from timm_gam.reid.trainer import DATA_PATHS, IDL_NEGATIVES, LOSSES, TrainConfig, train
 
 # Presets: plain data, applied first; any command-line flag overrides them.
 PRESETS = {
@@ -46,6 +46,14 @@ PRESETS = {
     # epochs, then four stages each merging 22% of the images (docs/results.md has the measured runs)
     'cpu-hour': dict(image_size=(64, 32), embed_dim=1024, batch_size=32, warmup_epochs=2,
                      epochs_per_stage=1, stages=4, merge_percent=0.22, lr_decay_epochs=5, workers=1),
+    # the recommended recipe for a CPU (docs/results.md, time to accuracy): cpu-hour's input and warm-up,
+    # made faster (channels_last, the training set decoded once and augmented in the training process:
+    # no worker competes for the cores) and with purer, cross-camera clusters (refreshed sizes, a size
+    # cap, merging on camera-centred embeddings: options beyond the paper, docs/recipe.md)
+    'cpu': dict(image_size=(64, 32), embed_dim=1024, batch_size=32, warmup_epochs=2, epochs_per_stage=1,
+                stages=12, merge_percent=0.08, size_update='refresh', max_cluster_size=40,
+                camera_centred_merge=True, lr_decay_epochs=10, channels_last=True, data_path='decoded',
+                workers=0),
     # a whole schedule on 62 tiny synthetic training images in a minute: for tests, and for checking a
     # change end to end (kill/resume, torchrun) before a long run; --model test_convnext is fastest
     'smoke': dict(image_size=(64, 32), embed_dim=64, batch_size=16, warmup_epochs=2, epochs_per_stage=1,
@@ -90,7 +98,21 @@ def parse_args(argv=None):
     p.add_argument('--max-cluster-size', type=int)
     p.add_argument('--temperature', type=float)
     p.add_argument('--seed', type=int)
+    p.add_argument('--time-budget-min', type=float,
+                   help='stop after this many minutes of training (evaluations not counted), evaluate and '
+                        'save; --resume with a larger budget continues the run')
+    p.add_argument('--eval-every-min', type=float,
+                   help='evaluate query/gallery every this many training minutes (the time-to-accuracy '
+                        'curve, "timed_eval" lines of log.jsonl)')
     p.add_argument('--workers', type=int)
+    p.add_argument('--data-path', choices=DATA_PATHS,
+                   help="'files': DataLoader workers decode and augment each image (torchvision); 'decoded': "
+                        'the training set decoded once onto the device, augmented there in batches')
+    p.add_argument('--idl-negatives', choices=IDL_NEGATIVES,
+                   help="'batch': Eq. 4-6 (the batch's other views); 'memory': a memory of every training "
+                        'image (Wu et al. 2018), beyond the paper')
+    p.add_argument('--camera-centred-merge', action=argparse.BooleanOptionalAction, default=None,
+                   help="merge clusters on embeddings with each camera's mean removed (beyond the paper)")
     p.add_argument('--device', help='auto, cpu, cuda, cuda:1, ...')
     p.add_argument('--no-amp', dest='amp', action='store_false', default=None)
     p.add_argument('--channels-last', action='store_true', default=None)
@@ -122,6 +144,7 @@ def build_config(args) -> TrainConfig:
         values = {**TrainingCheckpoint.load(output / 'checkpoint.pt').config, 'output': values['output']}
     elif args.resume and (output / 'config.json').exists():  # killed before its first checkpoint
         values = {**json.loads((output / 'config.json').read_text()), 'output': values['output']}
+    if args.resume:
         changed = {k: v for k, v in given.items() if k != 'output' and values.get(k) != v}
         if changed:
             print('[resume] changing the saved configuration: '

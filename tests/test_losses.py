@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from timm_gam.reid.losses import acl_loss, idl_loss
+from timm_gam.reid.losses import acl_loss, idl_loss, instance_memory_loss
 
 
 def idl_reference(anchor, augmented, temperature):
@@ -79,3 +79,17 @@ def test_acl_does_not_backpropagate_into_memory():
     embeddings = F.normalize(torch.randn(2, 4), dim=1).requires_grad_()
     acl_loss(embeddings, torch.tensor([0, 2]), memory).backward()
     assert memory.grad is None and embeddings.grad is not None
+
+
+def test_instance_memory_loss_is_the_non_parametric_softmax():
+    """Wu et al. 2018 Eq. 2: -log of exp(v_i . f / tau) over the sum of exp(v_j . f / tau), all images j."""
+    generator = torch.Generator().manual_seed(3)
+    memory = F.normalize(torch.randn(7, 5, generator=generator), dim=1)
+    embeddings = F.normalize(torch.randn(4, 5, generator=generator), dim=1)
+    images = torch.tensor([6, 0, 3, 3])
+    expected = 0.0
+    for f, i in zip(embeddings.double(), images.tolist(), strict=True):
+        scores = [math.exp(float(v @ f) / 0.1) for v in memory.double()]
+        expected -= math.log(scores[i] / sum(scores))
+    loss = instance_memory_loss(embeddings, images, memory, 0.1)
+    assert loss.item() == pytest.approx(expected / 4, rel=1e-5)

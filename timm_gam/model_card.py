@@ -25,7 +25,7 @@ RESEARCH_ONLY_DATASETS = {'market1501': 'Market-1501', 'dukemtmc': 'DukeMTMC-reI
 # parser): the card lists those not at their default, leaving out the ones that cannot change the weights
 CONFIG_WITHOUT_FLAG = (
     'momentum', 'memory_momentum', 'lr_decay', 'eval_batch_size', 'log_every', 'synthetic')
-_CONFIG_NOT_AFFECTING_WEIGHTS = ('eval_batch_size', 'log_every')
+_CONFIG_NOT_AFFECTING_WEIGHTS = ('eval_batch_size', 'log_every', 'eval_every_min')
 
 
 def count_gmacs(model: torch.nn.Module, image_size: tuple[int, int]) -> float:

@@ -91,18 +91,25 @@ class RunState:
     stage: int = 0
     epoch_in_stage: int = 0
     epoch: int = 0  # epochs done over the whole run: drives the learning-rate schedule
+    step_in_epoch: int = 0  # steps of the current epoch already taken (a time budget stops mid-epoch)
+    steps: int = 0  # optimiser steps over the whole run
     cluster_labels: torch.Tensor | None = None
     memory: ClusterMemory | None = None
-    history: dict = field(default_factory=lambda: {'stages': []})
-    elapsed_s: float = 0.0  # training wall time before this process started
+    instance_memory: ClusterMemory | None = None  # one slot per image, for idl_negatives='memory'
+    history: dict = field(default_factory=lambda: {'stages': [], 'timed': []})
+    elapsed_s: float = 0.0  # wall time of the run before this process started, evaluations included
+    train_seconds: float = 0.0  # the same without the evaluations: the clock of a time budget
 
     def to_dict(self) -> dict:
-        return {**asdict(self), 'memory': self.memory.state_dict() if self.memory is not None else None}
+        memories = {name: getattr(self, name) and getattr(self, name).state_dict()
+                    for name in ('memory', 'instance_memory')}
+        return {**asdict(self), **memories}
 
     @classmethod
     def from_dict(cls, state: dict, device='cpu') -> 'RunState':
-        memory = state['memory'] and ClusterMemory.from_state_dict(state['memory']).to(device)
-        return cls(**{**state, 'memory': memory})
+        memories = {name: state.get(name) and ClusterMemory.from_state_dict(state[name]).to(device)
+                    for name in ('memory', 'instance_memory')}
+        return cls(**{**state, **memories})
 
 
 @dataclass
@@ -129,10 +136,16 @@ class TrainingCheckpoint:
     def last_evaluation(self) -> dict | None:
         """The evaluation the training run made of exactly these weights, if it made one.
 
-        The trainer evaluates at the end of each stage and saves right after, so the last stage record
-        describes the saved weights only when the checkpoint is at a stage boundary.
+        The trainer evaluates at the end of each stage and where a time budget stops it, and saves right
+        after; any other checkpoint holds weights trained past its last evaluation.
         """
-        stages = self.state.history['stages'] if self.state else []
+        if self.state is None:
+            return None
+        records = self.state.history['stages'] + self.state.history.get('timed', [])
+        if 'steps' in (records[-1] if records else {}):  # checkpoints that count steps say which weights
+            matching = [r for r in records if r.get('steps') == self.state.steps and 'rank1' in r]
+            return dict(matching[-1]) if matching else None
+        stages = self.state.history['stages']
         if not stages or self.state.epoch_in_stage != 0 or 'rank1' not in stages[-1]:
             return None
         return dict(stages[-1])

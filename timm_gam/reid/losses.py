@@ -6,7 +6,7 @@ paper's temperature tau = 0.1. The total loss of Eq. 11 is their sum, formed by 
 import torch
 import torch.nn.functional as F
 
-__all__ = ['idl_loss', 'acl_loss']
+__all__ = ['idl_loss', 'acl_loss', 'instance_memory_loss']
 
 
 def idl_loss(anchor: torch.Tensor, augmented: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -59,3 +59,19 @@ def acl_loss(embeddings: torch.Tensor, cluster_labels: torch.Tensor, memory: tor
     """
     logits = embeddings @ memory.detach().t() / temperature  # Eq. 7 numerator and denominator terms
     return F.cross_entropy(logits, cluster_labels)
+
+
+def instance_memory_loss(embeddings: torch.Tensor, image_indices: torch.Tensor, memory: torch.Tensor,
+                         temperature: float = 0.1) -> torch.Tensor:
+    """Instance discrimination against a memory of every training image (an option beyond the paper).
+
+    Wu et al. (CVPR 2018, non-parametric softmax, Eq. 2) classify each embedding among all n training
+    images, each represented by its slot of a memory bank of their past embeddings; Zhong et al. (CVPR
+    2019, ECN) use that exemplar memory for unsupervised re-ID. Against Eq. 4-6, whose negatives are the
+    2B - 2 other views of the batch (nearly all told apart after a few epochs), every embedding here
+    meets all n - 1 other images as negatives, in every stage.
+
+    It is ACL's Eq. 7-8 with every image its own cluster, so it is computed by :func:`acl_loss`:
+    ``memory`` is (n, D), L2-normalised, row i the memory of image i.
+    """
+    return acl_loss(embeddings, image_indices, memory, temperature)

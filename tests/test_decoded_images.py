@@ -1,0 +1,102 @@
+"""The ``decoded`` data path: views made from one uint8 tensor, against the ``files`` path's transforms."""
+import numpy as np
+import pytest
+import torch
+from tiny_config import SMOKE, make_tiny_market
+
+from timm_gam.reid.datasets import load_image, prepare_data
+from timm_gam.reid.decoded_images import (
+    AUGMENTATION_PARAMETERS,
+    augment_batch,
+    decode_images,
+    draw_augmentations,
+    normalise,
+)
+from timm_gam.reid.transforms import build_eval_transform
+
+# uniforms that make every augmentation the identity: the whole image, its aspect, no flip, brightness
+# and contrast factors of exactly 1, no erasing
+IDENTITY = dict(crop_scale=1.0, crop_aspect=0.5, crop_x=0.0, crop_y=0.0, flip=0.99, brightness=0.5,
+                contrast=0.5, erase=0.99, erase_scale=0.0, erase_aspect=0.5, erase_x=0.0, erase_y=0.0)
+
+
+def uniforms(batch: int, **changes) -> torch.Tensor:
+    row = {**IDENTITY, **changes}
+    return torch.tensor([[row[name] for name in AUGMENTATION_PARAMETERS]] * batch)
+
+
+@pytest.fixture(scope='module')
+def images():
+    return torch.randint(0, 256, (3, 3, 16, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+
+
+def test_anchor_view_is_the_evaluation_transform(tmp_path):
+    splits = prepare_data(make_tiny_market(tmp_path / 'data'), splits=('train',))
+    decoded = decode_images(splits.train[:5], SMOKE['image_size'])
+    evaluation = build_eval_transform(SMOKE['image_size'])
+    expected = torch.stack([evaluation(load_image(im.path)) for im in splits.train[:5]])
+    assert decoded.dtype == torch.uint8 and decoded.shape == (5, 3, *SMOKE['image_size'])
+    torch.testing.assert_close(normalise(decoded), expected, rtol=0, atol=1e-6)
+
+
+def test_identity_parameters_change_nothing(images):
+    torch.testing.assert_close(augment_batch(images, uniforms(3)), normalise(images), rtol=0, atol=1e-5)
+
+
+def test_flip_mirrors_the_image(images):
+    flipped = augment_batch(images, uniforms(3, flip=0.0))
+    torch.testing.assert_close(flipped, normalise(images).flip(-1), rtol=0, atol=1e-5)
+
+
+def test_erasing_sets_a_box_of_the_drawn_area_to_zero(images):
+    erased = augment_batch(images, uniforms(3, erase=0.0, erase_scale=1.0, erase_x=0.0, erase_y=0.0))
+    plain = normalise(images)
+    zero = (erased == 0).all(dim=1)  # (B, H, W): pixels erased in every channel
+    kept = ~zero.unsqueeze(1).expand_as(erased)
+    torch.testing.assert_close(erased[kept], plain[kept], rtol=0, atol=1e-5)
+    area = 0.25 * 16 * 8  # erasing_scale's upper end, aspect 1 (log-ratio midpoint ~ 1)
+    for box in zero:
+        rows, cols = box.nonzero(as_tuple=True)
+        assert rows.min() == 0 and cols.min() == 0  # at the drawn corner
+        assert abs(int(box.sum()) - area) <= 0.35 * area
+
+
+def test_zoom_magnifies_the_centre(images):
+    """A crop of 64% of the area (0.8 of each side), centred, is the middle of the image enlarged."""
+    zoomed = augment_batch(images, uniforms(3, crop_scale=0.0, crop_x=0.5, crop_y=0.5))
+    plain = normalise(images)
+    # the output's centre pixel pair samples the input's centre pair region: close to its mean
+    centre = plain[:, :, 7:9, 3:5].mean(dim=(2, 3))
+    torch.testing.assert_close(zoomed[:, :, 7:9, 3:5].mean(dim=(2, 3)), centre, rtol=0, atol=0.35)
+    assert not torch.allclose(zoomed, plain, atol=1e-3)
+
+
+def test_brightness_and_contrast_use_torchvision_definitions(images):
+    from torchvision.transforms.v2 import functional as TF
+    factor_b, factor_c = 1.2, 0.6  # uniforms 1.0 and 0.0 at the default ranges
+    out = augment_batch(images, uniforms(3, brightness=1.0, contrast=0.0))
+    expected = TF.adjust_contrast(TF.adjust_brightness(images.float() / 255, factor_b), factor_c)
+    torch.testing.assert_close(out, normalise(expected), rtol=0, atol=1e-4)
+
+
+def test_parameters_depend_on_the_seed_alone():
+    a = draw_augmentations([7, 8, 9])
+    b = draw_augmentations([9, 8, 7])
+    assert torch.equal(a[0], b[2]) and torch.equal(a[2], b[0])
+    assert a.shape == (3, len(AUGMENTATION_PARAMETERS)) and (a >= 0).all() and (a < 1).all()
+    assert not torch.equal(a[0], a[1])
+
+
+def test_augmentation_is_the_same_whatever_the_batch(images):
+    u = draw_augmentations([1, 2, 3])
+    whole = augment_batch(images, u)
+    one_by_one = torch.cat([augment_batch(images[i:i + 1], u[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(whole, one_by_one, rtol=0, atol=1e-6)
+
+
+def test_random_views_keep_the_normalised_range(images):
+    out = augment_batch(images, draw_augmentations(list(range(3))))
+    assert out.shape == images.shape and out.dtype == torch.float32
+    low, high = normalise(torch.zeros(1, 3, 1, 1)), normalise(torch.ones(1, 3, 1, 1))
+    assert (out >= low - 1e-5).all() and (out <= high + 1e-5).all()
+    assert np.isfinite(out.numpy()).all()

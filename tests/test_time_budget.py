@@ -1,0 +1,99 @@
+"""The time-to-accuracy protocol: a training-minute budget, evaluations at fixed training minutes.
+
+The trainer's clock is replaced by one that moves a minute each time it is read, so where a budget
+stops a run depends on the code alone, never on the machine's speed.
+"""
+import pytest
+import torch
+from tiny_config import tiny_config
+
+import timm_gam.reid.trainer as trainer_module
+from timm_gam.reid.checkpoint import TrainingCheckpoint, load_checkpoint
+from timm_gam.reid.trainer import TrainingClock, train
+
+MODEL = 'test_efficientnet_gn'
+
+
+class MinutePerRead(TrainingClock):
+    """A minute passes at every reading; paused spans (evaluations) cost nothing, as on a real clock."""
+
+    def __init__(self, seconds_before: float = 0.0):
+        super().__init__(seconds_before)
+        self.now = seconds_before
+
+    def seconds(self) -> float:
+        self.now += 60
+        return self.now
+
+    def paused(self):
+        import contextlib
+        return contextlib.nullcontext()
+
+
+@pytest.fixture
+def minute_per_read(monkeypatch):
+    monkeypatch.setattr(trainer_module, 'TrainingClock', MinutePerRead)
+
+
+def test_a_budget_stops_mid_epoch_and_a_larger_one_continues_exactly(tmp_path, minute_per_read):
+    straight = train(tiny_config(tmp_path / 'straight', model=MODEL))
+    # reads: the run's check, the epoch's check, then one per step: the budget ends after step 2 of 3
+    stopped = train(tiny_config(tmp_path / 'split', model=MODEL, time_budget_min=4))
+    saved = TrainingCheckpoint.load(tmp_path / 'split' / 'checkpoint.pt')
+    state = saved.state
+    assert (state.stage, state.epoch, state.step_in_epoch, state.steps) == (0, 0, 2, 2)
+    assert stopped['steps'] == 2 and 'mAP' in stopped  # the weights at the budget were evaluated
+    assert saved.last_evaluation()['steps'] == 2
+
+    resumed = train(tiny_config(tmp_path / 'split', model=MODEL, time_budget_min=1e9), resume=True)
+    a = load_checkpoint(tmp_path / 'straight' / 'checkpoint.pt')
+    b = load_checkpoint(tmp_path / 'split' / 'checkpoint.pt')
+    assert a['state']['steps'] == b['state']['steps'] == straight['steps']
+    assert torch.equal(a['state']['cluster_labels'], b['state']['cluster_labels'])
+    for key, value in a['model'].items():
+        assert torch.equal(value, b['model'][key]), key
+    assert torch.equal(a['state']['memory']['centroids'], b['state']['memory']['centroids'])
+    assert resumed['mAP'] == straight['mAP']
+
+
+def test_evaluations_at_every_mark_of_training_minutes(tmp_path, minute_per_read):
+    metrics = train(tiny_config(tmp_path / 'run', model=MODEL, stages=0, eval_every_min=2))
+    timed = metrics['timed']
+    assert [r['mark_min'] for r in timed] == [2 * (k + 1) for k in range(len(timed))]
+    assert len(timed) >= 3
+    assert all(r['train_minutes'] >= r['mark_min'] for r in timed)
+    assert [r['steps'] for r in timed] == sorted(r['steps'] for r in timed)
+    assert all({'rank1', 'mAP', 'num_clusters', 'epoch'} <= set(r) for r in timed)
+
+
+def test_the_decoded_data_path_resumes_exactly_too(tmp_path, minute_per_read):
+    decoded = dict(model=MODEL, data_path='decoded', workers=0, stages=1)
+    train(tiny_config(tmp_path / 'straight', **decoded))
+    train(tiny_config(tmp_path / 'split', **decoded, time_budget_min=4))
+    train(tiny_config(tmp_path / 'split', **decoded, time_budget_min=1e9), resume=True)
+    a = load_checkpoint(tmp_path / 'straight' / 'checkpoint.pt')
+    b = load_checkpoint(tmp_path / 'split' / 'checkpoint.pt')
+    for key, value in a['model'].items():
+        assert torch.equal(value, b['model'][key]), key
+
+
+def test_instance_memory_and_camera_centred_merging_train_and_resume(tmp_path, minute_per_read):
+    options = dict(model=MODEL, idl_negatives='memory', camera_centred_merge=True, stages=1)
+    straight = train(tiny_config(tmp_path / 'straight', **options))
+    train(tiny_config(tmp_path / 'split', **options, time_budget_min=4))
+    train(tiny_config(tmp_path / 'split', **options, time_budget_min=1e9), resume=True)
+    a = load_checkpoint(tmp_path / 'straight' / 'checkpoint.pt')
+    b = load_checkpoint(tmp_path / 'split' / 'checkpoint.pt')
+    assert a['state']['instance_memory']['centroids'].shape[0] == straight['num_train_images']
+    assert torch.equal(a['state']['instance_memory']['centroids'], b['state']['instance_memory']['centroids'])
+    assert torch.equal(a['state']['cluster_labels'], b['state']['cluster_labels'])
+
+
+def test_camera_centred_merging_needs_camera_ids(tmp_path):
+    from PIL import Image
+    folder = tmp_path / 'plain'
+    folder.mkdir()
+    for i in range(4):
+        Image.new('RGB', (32, 64), (i * 40, 0, 0)).save(folder / f'img{i}.jpg')
+    with pytest.raises(ValueError, match='camera of every training image'):
+        train(tiny_config(tmp_path / 'run', model=MODEL, data_root=str(folder), camera_centred_merge=True))
