@@ -97,3 +97,15 @@ def test_camera_centred_merging_needs_camera_ids(tmp_path):
         Image.new('RGB', (32, 64), (i * 40, 0, 0)).save(folder / f'img{i}.jpg')
     with pytest.raises(ValueError, match='camera of every training image'):
         train(tiny_config(tmp_path / 'run', model=MODEL, data_root=str(folder), camera_centred_merge=True))
+
+
+def test_the_card_of_a_budgeted_run_says_so_and_gives_its_curve(tmp_path, minute_per_read):
+    from timm_gam import release
+    from timm_gam.reid.embedding import load_embedder
+    train(tiny_config(tmp_path / 'run', model=MODEL, time_budget_min=9, eval_every_min=3))
+    loaded = load_embedder(checkpoint=tmp_path / 'run' / 'checkpoint.pt')
+    folder = release.write_release_folder(loaded, tmp_path / 'hub', 'timm-gam/test.budget')
+    card = (folder / 'README.md').read_text()
+    assert 'Stopped by its time budget of 9 training minutes' in card
+    curve = card.split('| minutes | stage | clusters | rank-1 | mAP |')[1].split('\n\n')[0]
+    assert len(curve.strip().splitlines()) == 1 + 3  # the separator, then one row per timed evaluation

@@ -124,6 +124,19 @@ def _metrics_section(metrics: dict | None, measured_by_publish: bool, dtype: tor
     return f'{source}\n\n{table}'
 
 
+def _curve_section(state) -> str:
+    """The run's evaluations against training minutes, when it made timed ones (``--eval-every-min``)."""
+    timed = state.history.get('timed', [])
+    if not timed:
+        return ''
+    records = sorted(state.history['stages'] + timed, key=lambda r: r.get('train_minutes', 0))
+    rows = '\n'.join(f'| {r["train_minutes"]:.0f} | {r["stage"]} | {r["num_clusters"]:,} | {r["rank1"]:.1f} '
+                     f'| {r["mAP"]:.1f} |' for r in records if 'mAP' in r and 'train_minutes' in r)
+    return ('\nThe training run\'s own evaluations on the same query/gallery split, by training minutes '
+            '(evaluations not counted):\n\n| minutes | stage | clusters | rank-1 | mAP |\n'
+            f'|---|---|---|---|---|\n{rows}\n')
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}[dtype]
 
@@ -151,8 +164,14 @@ def model_card(loaded: LoadedEmbedder, repo_id: str, *, metrics: dict | None, me
     purity = stages[-1].get('cluster_purity') if stages else None
     purity_line = (f' Their purity against the file-name identities (a diagnostic the training never sees) '
                    f'is {purity:.3f}.') if purity is not None else ''
-    progress = ('the full schedule' if finished else
-                f'an unfinished run: {len(stages)} of {config["stages"] + 1} stages completed')
+    budget = config.get('time_budget_min')
+    if finished:
+        progress = 'the full schedule'
+    elif budget is not None and state.train_seconds >= budget * 60:
+        progress = (f'stopped by its time budget of {budget:g} training minutes, in stage {state.stage} of '
+                    f'{config["stages"] + 1}')
+    else:
+        progress = f'an unfinished run: {len(stages)} of {config["stages"] + 1} stages completed'
     hardware_line = hardware or f'device setting `{config["device"]}` (the checkpoint does not record more)'
     small_input = (f'- Trained at {height}x{width}, far below the paper\'s 256x128: expect much lower '
                    'accuracy than the paper reports, and feed images at this size (timm\'s data config '
@@ -210,8 +229,9 @@ Reproduce with `python recipes/unsup_reid.py --eval-only --pretrained --model {m
 Trained on {trained_on}, from {'pretrained' if config['pretrained'] else 'scratch (no ImageNet weights)'},
 with loss `{config['loss']}`. {progress.capitalize()}: {state.epoch} epochs in all, ending
 with {clusters:,} clusters of {num_train_images:,} training images.{purity_line} Training took
-{_format_hours(state.elapsed_s)} of wall time (evaluations included) on {hardware_line}.
-
+{_format_hours(state.elapsed_s)} of wall time (evaluations included; {state.train_seconds / 60:.0f} minutes
+without them) on {hardware_line}.
+{_curve_section(state)}
 The exact command (a run interrupted and continued adds `--resume`; DATA is the data set's folder):
 
 ```bash
