@@ -35,23 +35,34 @@ def minute_per_read(monkeypatch):
     monkeypatch.setattr(trainer_module, 'TrainingClock', MinutePerRead)
 
 
-def test_a_budget_stops_mid_epoch_and_a_larger_one_continues_exactly(tmp_path, minute_per_read):
-    straight = train(tiny_config(tmp_path / 'straight', model=MODEL))
-    # reads: the run's check, the epoch's check, then one per step: the budget ends after step 2 of 3
-    stopped = train(tiny_config(tmp_path / 'split', model=MODEL, time_budget_min=4))
-    saved = TrainingCheckpoint.load(tmp_path / 'split' / 'checkpoint.pt')
-    state = saved.state
-    assert (state.stage, state.epoch, state.step_in_epoch, state.steps) == (0, 0, 2, 2)
-    assert stopped['steps'] == 2 and 'mAP' in stopped  # the weights at the budget were evaluated
-    assert saved.last_evaluation()['steps'] == 2
+def straight_and_budgeted(tmp_path, **options) -> tuple[dict, dict, dict, dict]:
+    """One run in a go, and the same run stopped by a budget after step 2 of 3 (reads: the run's check, the
+    epoch's check, then one per step) then resumed with budget to spare: (metrics, checkpoint) of each."""
+    straight = train(tiny_config(tmp_path / 'straight', model=MODEL, **options))
+    train(tiny_config(tmp_path / 'split', model=MODEL, **options, time_budget_min=4))
+    resumed = train(tiny_config(tmp_path / 'split', model=MODEL, **options, time_budget_min=1e9), resume=True)
+    return (straight, load_checkpoint(tmp_path / 'straight' / 'checkpoint.pt'),
+            resumed, load_checkpoint(tmp_path / 'split' / 'checkpoint.pt'))
 
-    resumed = train(tiny_config(tmp_path / 'split', model=MODEL, time_budget_min=1e9), resume=True)
-    a = load_checkpoint(tmp_path / 'straight' / 'checkpoint.pt')
-    b = load_checkpoint(tmp_path / 'split' / 'checkpoint.pt')
-    assert a['state']['steps'] == b['state']['steps'] == straight['steps']
-    assert torch.equal(a['state']['cluster_labels'], b['state']['cluster_labels'])
+
+def assert_same_weights(a: dict, b: dict):
     for key, value in a['model'].items():
         assert torch.equal(value, b['model'][key]), key
+
+
+def test_a_budget_stops_mid_epoch_and_evaluates_there(tmp_path, minute_per_read):
+    stopped = train(tiny_config(tmp_path / 'run', model=MODEL, time_budget_min=4))
+    state = TrainingCheckpoint.load(tmp_path / 'run' / 'checkpoint.pt').state
+    assert (state.stage, state.epoch, state.step_in_epoch, state.steps) == (0, 0, 2, 2)
+    assert stopped['steps'] == 2 and 'mAP' in stopped  # the weights at the budget were evaluated
+    assert TrainingCheckpoint.load(tmp_path / 'run' / 'checkpoint.pt').last_evaluation()['steps'] == 2
+
+
+def test_a_larger_budget_continues_exactly(tmp_path, minute_per_read):
+    straight, a, resumed, b = straight_and_budgeted(tmp_path)
+    assert a['state']['steps'] == b['state']['steps'] == straight['steps']
+    assert torch.equal(a['state']['cluster_labels'], b['state']['cluster_labels'])
+    assert_same_weights(a, b)
     assert torch.equal(a['state']['memory']['centroids'], b['state']['memory']['centroids'])
     assert resumed['mAP'] == straight['mAP']
 
@@ -67,26 +78,17 @@ def test_evaluations_at_every_mark_of_training_minutes(tmp_path, minute_per_read
 
 
 def test_the_decoded_data_path_resumes_exactly_too(tmp_path, minute_per_read):
-    decoded = dict(model=MODEL, data_path='decoded', workers=0, stages=1)
-    train(tiny_config(tmp_path / 'straight', **decoded))
-    train(tiny_config(tmp_path / 'split', **decoded, time_budget_min=4))
-    train(tiny_config(tmp_path / 'split', **decoded, time_budget_min=1e9), resume=True)
-    a = load_checkpoint(tmp_path / 'straight' / 'checkpoint.pt')
-    b = load_checkpoint(tmp_path / 'split' / 'checkpoint.pt')
-    for key, value in a['model'].items():
-        assert torch.equal(value, b['model'][key]), key
+    _, a, _, b = straight_and_budgeted(tmp_path, data_path='decoded', workers=0, stages=1)
+    assert_same_weights(a, b)
 
 
 def test_instance_memory_and_camera_centred_merging_train_and_resume(tmp_path, minute_per_read):
-    options = dict(model=MODEL, idl_negatives='memory', camera_centred_merge=True, stages=1)
-    straight = train(tiny_config(tmp_path / 'straight', **options))
-    train(tiny_config(tmp_path / 'split', **options, time_budget_min=4))
-    train(tiny_config(tmp_path / 'split', **options, time_budget_min=1e9), resume=True)
-    a = load_checkpoint(tmp_path / 'straight' / 'checkpoint.pt')
-    b = load_checkpoint(tmp_path / 'split' / 'checkpoint.pt')
+    straight, a, _, b = straight_and_budgeted(tmp_path, idl_negatives='memory', camera_centred_merge=True,
+                                              stages=1)
     assert a['state']['instance_memory']['centroids'].shape[0] == straight['num_train_images']
     assert torch.equal(a['state']['instance_memory']['centroids'], b['state']['instance_memory']['centroids'])
     assert torch.equal(a['state']['cluster_labels'], b['state']['cluster_labels'])
+    assert_same_weights(a, b)
 
 
 def test_camera_centred_merging_needs_camera_ids(tmp_path):
