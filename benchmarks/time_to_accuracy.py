@@ -118,8 +118,9 @@ def curve(output: Path) -> list[dict]:
 
 
 def at_minutes(points: list[dict], minutes: float) -> dict | None:
-    """The last evaluation made at or before ``minutes`` of training, if the run got that far."""
-    reached = [p for p in points if p['train_minutes'] <= minutes + 1e-6]
+    """The last evaluation made by ``minutes`` of training, if the run got that far; a mark's evaluation
+    starts after the step that passed it, so up to 0.1 minute past the mark counts."""
+    reached = [p for p in points if p['train_minutes'] <= minutes + 0.1]
     if not points or points[-1]['train_minutes'] < minutes - 0.5:
         return None
     return reached[-1] if reached else None

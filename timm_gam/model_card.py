@@ -124,13 +124,20 @@ def _metrics_section(metrics: dict | None, measured_by_publish: bool, dtype: tor
     return f'{source}\n\n{table}'
 
 
+def _epochs(state) -> str:
+    """Epochs trained, with the steps of the epoch a time budget stopped in."""
+    if not state.step_in_epoch:
+        return str(state.epoch)
+    return f'{state.epoch} (and {state.step_in_epoch} steps of the next)'
+
+
 def _curve_section(state) -> str:
     """The run's evaluations against training minutes, when it made timed ones (``--eval-every-min``)."""
     timed = state.history.get('timed', [])
     if not timed:
         return ''
     records = sorted(state.history['stages'] + timed, key=lambda r: r.get('train_minutes', 0))
-    rows = '\n'.join(f'| {r["train_minutes"]:.0f} | {r["stage"]} | {r["num_clusters"]:,} | {r["rank1"]:.1f} '
+    rows = '\n'.join(f'| {r["train_minutes"]:.1f} | {r["stage"]} | {r["num_clusters"]:,} | {r["rank1"]:.1f} '
                      f'| {r["mAP"]:.1f} |' for r in records if 'mAP' in r and 'train_minutes' in r)
     return ('\nThe training run\'s own evaluations on the same query/gallery split, by training minutes '
             '(evaluations not counted):\n\n| minutes | stage | clusters | rank-1 | mAP |\n'
@@ -155,13 +162,14 @@ def model_card(loaded: LoadedEmbedder, repo_id: str, *, metrics: dict | None, me
     embedding_params = sum(p.numel() for p in backbone.get_classifier().parameters())
     gmacs = count_gmacs(backbone, loaded.image_size)
     stages = state.history['stages']
-    clusters = stages[-1]['num_clusters'] if stages else num_train_images
+    clusters = int(state.cluster_labels.max()) + 1  # where training stopped, maybe after its last stage
+    last = checkpoint.last_evaluation() or (stages[-1] if stages else {})
     finished = state.stage > config['stages']
     trained_on, licence = _data_description(config, num_train_images)
     extra_settings = settings_without_flag(config)
     extra = f'\nSettings without a command-line flag, not at their default: `{extra_settings}`.\n' \
         if extra_settings else ''
-    purity = stages[-1].get('cluster_purity') if stages else None
+    purity = last.get('cluster_purity')
     purity_line = (f' Their purity against the file-name identities (a diagnostic the training never sees) '
                    f'is {purity:.3f}.') if purity is not None else ''
     budget = config.get('time_budget_min')
@@ -227,7 +235,7 @@ Reproduce with `python recipes/unsup_reid.py --eval-only --pretrained --model {m
 ## Training
 
 Trained on {trained_on}, from {'pretrained' if config['pretrained'] else 'scratch (no ImageNet weights)'},
-with loss `{config['loss']}`. {progress.capitalize()}: {state.epoch} epochs in all, ending
+with loss `{config['loss']}`. {progress.capitalize()}: {_epochs(state)} epochs in all, ending
 with {clusters:,} clusters of {num_train_images:,} training images.{purity_line} Training took
 {_format_hours(state.elapsed_s)} of wall time (evaluations included; {state.train_seconds / 60:.0f} minutes
 without them) on {hardware_line}.
@@ -235,7 +243,7 @@ without them) on {hardware_line}.
 The exact command (a run interrupted and continued adds `--resume`; DATA is the data set's folder):
 
 ```bash
-{recipe_command(config, data_root='DATA')}
+{recipe_command({**config, 'output': f'runs/{Path(config["output"]).name}'}, data_root='DATA')}
 ```
 {extra}
 ## Data and licence
