@@ -16,8 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .reid.embedding import LoadedEmbedder
 from .reid.trainer import TrainConfig
 
-__all__ = ['RESEARCH_ONLY_DATASETS', 'count_gmacs', 'recipe_command', 'settings_without_flag', 'model_card',
-           'dtype_name']
+__all__ = ['RESEARCH_ONLY_DATASETS', 'card_output', 'count_gmacs', 'recipe_command', 'settings_without_flag',
+           'model_card', 'dtype_name']
 
 # data sets whose terms allow research use only; weights trained on them inherit the restriction
 RESEARCH_ONLY_DATASETS = {'market1501': 'Market-1501', 'dukemtmc': 'DukeMTMC-reID'}
@@ -40,13 +40,15 @@ def count_gmacs(model: torch.nn.Module, image_size: tuple[int, int]) -> float:
     return counter.get_total_flops() / 2e9
 
 
-def recipe_command(config: dict, data_root: str | None = None) -> str:
+def recipe_command(config: dict, data_root: str | None = None, output: str | None = None) -> str:
     """The ``recipes/unsup_reid.py`` command that trains with ``config``: every setting as an explicit flag,
-    so no preset default can change what it means. ``data_root``, if given, stands in for the config's
-    (a path on the training machine means nothing to a reader of the card)."""
+    so no preset default can change what it means. ``data_root`` and ``output``, if given, stand in for the
+    config's (a path on the training machine means nothing to a reader of the card)."""
     defaults = asdict(TrainConfig())
     if data_root is not None and config.get('data_root') is not None:
         config = {**config, 'data_root': data_root}
+    if output is not None:
+        config = {**config, 'output': output}
     args = ['python', 'recipes/unsup_reid.py']
     for field in fields(TrainConfig):
         name, value = field.name, config.get(field.name, defaults[field.name])
@@ -122,6 +124,11 @@ def _metrics_section(metrics: dict | None, measured_by_publish: bool, dtype: tor
                   f'{metrics["stage"]}) on the query/gallery split of {_data_name(metrics["data_root"])}, '
                   'fp32 weights, Market-1501 protocol, percent. Not re-measured by the publish command.')
     return f'{source}\n\n{table}'
+
+
+def card_output(config: dict) -> str:
+    """The run folder as the card's command names it: ``runs/`` and the folder's own name."""
+    return f'runs/{Path(config["output"]).name}'
 
 
 def _epochs(state) -> str:
@@ -243,7 +250,7 @@ without them) on {hardware_line}.
 The exact command (a run interrupted and continued adds `--resume`; DATA is the data set's folder):
 
 ```bash
-{recipe_command({**config, 'output': f'runs/{Path(config["output"]).name}'}, data_root='DATA')}
+{recipe_command(config, data_root='DATA', output=card_output(config))}
 ```
 {extra}
 ## Data and licence

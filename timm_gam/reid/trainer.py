@@ -4,7 +4,10 @@ Stage 0 trains with every image its own cluster (|M| = n). Each later stage firs
 training set once, merges the closest clusters bottom-up (Eq. 9-10, :func:`merge_clusters`), rebuilds
 the memory bank from the new clusters, then trains again with the total loss of Eq. 11,
 ``J = J_idl + J_acl``. After every stage the query/gallery split (when labelled) is evaluated with
-the Market-1501 protocol and a checkpoint is written; a run resumes from its last checkpoint.
+the Market-1501 protocol and a checkpoint is written; a run resumes from its last checkpoint. With a
+time budget (``time_budget_min``) training stops part-way through an epoch once the budget is spent,
+evaluates and saves there; ``eval_every_min`` adds evaluations at fixed training minutes. The training
+clock (:class:`TrainingClock`) stops while the run evaluates.
 
 Identity labels are read from file names for evaluation and for the cluster-purity diagnostic only:
 training, clustering and the memory never see them. Neither the order of the file list nor the file
