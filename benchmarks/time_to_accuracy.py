@@ -156,8 +156,8 @@ def report(args) -> str:
             cells.append(f'{p["rank1"]:.1f} / {p["mAP"]:.1f}' if p else '-')
         best = max(points, key=lambda p: p['mAP'])
         passed = next((p['train_minutes'] for p in points if p['mAP'] > histogram['mAP']), None)
-        speeds = [json.loads(line)['images_per_s'] for line in (output / 'log.jsonl').read_text().splitlines()
-                  if json.loads(line)['event'] == 'epoch']
+        events = [json.loads(line) for line in (output / 'log.jsonl').read_text().splitlines()]
+        speeds = [e['images_per_s'] for e in events if e['event'] == 'epoch']
         speed = f'{sorted(speeds)[len(speeds) // 2]:.1f}' if speeds else '-'
         lines.append(f'| {name} | ' + ' | '.join(cells)
                      + f' | {best["rank1"]:.1f} / {best["mAP"]:.1f} ({best["train_minutes"]:.0f}) | '

@@ -513,7 +513,7 @@ class Trainer:
             anchor = all_gather_keeping_grad(embeddings[:local_batch], group)
             augmented = all_gather_keeping_grad(embeddings[local_batch:], group)
             images = all_gather_rows(index.to(device), group)
-            labels = state.cluster_labels.to(device)[images]
+            labels = all_gather_rows(state.cluster_labels[index].to(device), group)
             if instance_memory:
                 idl = instance_memory_loss(torch.cat([anchor, augmented]), images.repeat(2),
                                            state.instance_memory.centroids, config.temperature)
