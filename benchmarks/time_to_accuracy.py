@@ -12,8 +12,8 @@ later extends every run from where it stopped.
 
 The report (stdout, ``RUNS/time_to_accuracy.md``, ``RUNS/time_to_accuracy.png``) gives dev-test mAP and
 rank-1 at fixed training minutes, the best of each run, the minutes until the run first passed the
-HSV colour histogram's mAP (measured on the same split here), and, for the paper's rows (``--set
-paper-tables``), the paper's own rank-1 / mAP at full size: for comparing orderings, not values.
+HSV colour histogram's mAP (measured on the same split here). The paper's own rows run on a fixed
+schedule instead: benchmarks/paper_tables.py.
 Run variants alone on the machine: another job on the cores changes every minute on the clock.
 ``lscpu``'s model is printed with the table.
 """
@@ -26,9 +26,6 @@ from pathlib import Path
 
 RECIPE = Path(__file__).resolve().parent.parent / 'recipes' / 'unsup_reid.py'
 
-# the paper's method at CPU scale, made faster only (channels_last, the decoded data path), for its tables
-PAPER_BASE = ['--preset', 'cpu-hour', '--channels-last', '--data-path', 'decoded', '--workers', '0']
-
 # name -> (what it measures, recipe flags); each lever is the recommended 'cpu' preset with one change
 VARIANTS = {
     'cpu-hour': ('the previous CPU recipe (the first released weights)', ['--preset', 'cpu-hour']),
@@ -39,29 +36,11 @@ VARIANTS = {
                             ['--preset', 'cpu', '--idl-negatives', 'memory']),
     'cpu-files': ('cpu on the files data path (DataLoader worker, torchvision transforms)',
                   ['--preset', 'cpu', '--data-path', 'files', '--workers', '1']),
-    # the paper's Table 2 (no pretrained weights) and Table 6 rows (issue 11), on PAPER_BASE
-    'buc': ('Table 2 BUC*: resnet50, ACL only', [*PAPER_BASE, '--model', 'resnet50', '--loss', 'acl']),
-    'idl-r50': ('Table 2 IDL*: resnet50, IDL only', [*PAPER_BASE, '--model', 'resnet50', '--loss', 'idl']),
-    'idl-acl-r50': ('Table 2 IDL+ACL*: resnet50', [*PAPER_BASE, '--model', 'resnet50']),
-    'idl-acl-cbam': ('Table 2 IDL+ACL+CBAM*', [*PAPER_BASE, '--model', 'cbam_resnet50']),
-    'idl-acl-acbam': ('Table 2 IDL+ACL+A-CBAM*', [*PAPER_BASE, '--model', 'acbam_resnet50']),
-    'acl-gam': ('Table 2 ACL+GAM*: g4, ACL only', [*PAPER_BASE, '--loss', 'acl']),
-    'idl-acl-gam': ('Table 2 IDL+ACL+GAM*, Table 6 with 4 groups', PAPER_BASE),
-    'idl-acl-gam-g2': ('Table 6: 2 filter groups', [*PAPER_BASE, '--model', 'gam_resnet50_g2']),
-    'idl-acl-gam-g8': ('Table 6: 8 filter groups', [*PAPER_BASE, '--model', 'gam_resnet50_g8']),
-    'idl-acl-gam-g16': ('Table 6: 16 filter groups', [*PAPER_BASE, '--model', 'gam_resnet50_g16']),
 }
-# variant sets: the levers of issue 10, the paper's tables of issue 11
+# variant sets: the levers of issue 10 (the paper's rows: benchmarks/paper_tables.py, a fixed schedule)
 SETS = {
     'levers': ['cpu-hour', 'cpu', 'cpu-no-camera', 'cpu-instance-memory'],
-    'paper-tables': ['buc', 'idl-r50', 'idl-acl-r50', 'idl-acl-cbam', 'idl-acl-acbam', 'acl-gam',
-                     'idl-acl-gam', 'idl-acl-gam-g2', 'idl-acl-gam-g8', 'idl-acl-gam-g16'],
 }
-# the paper's figures (Market-1501, 256x128, about 60 GPU epochs): rank-1, mAP, Tables 2 and 6
-PAPER = {'buc': (10.7, 3.1), 'idl-r50': (25.5, 9.1), 'idl-acl-r50': (48.2, 24.3),
-         'idl-acl-cbam': (48.5, 25.6), 'idl-acl-acbam': (45.2, 21.7), 'acl-gam': (44.6, 20.3),
-         'idl-acl-gam': (53.6, 29.5),
-         'idl-acl-gam-g2': (51.1, 26.3), 'idl-acl-gam-g8': (55.0, 30.0), 'idl-acl-gam-g16': (54.4, 28.6)}
 MARKS_MIN = (20, 60)
 
 
@@ -138,12 +117,12 @@ def histogram_baseline(data_root: str) -> dict:
 def report(args) -> str:
     runs = Path(args.runs).expanduser()
     histogram = histogram_baseline(args.data_root)
-    cpu = _cpu_model()
+    cpu = cpu_model()
     lines = [f'Training minutes alone on {cpu}, {args.eval_every_min:g}-minute evaluation marks; '
              f'HSV histogram: rank-1 {histogram["rank1"]:.1f}, mAP {histogram["mAP"]:.1f}.', '',
              '| variant | ' + ' | '.join(f'{m} min rank-1 / mAP' for m in MARKS_MIN)
-             + ' | best rank-1 / mAP (at min) | min to pass the histogram mAP | img/s | trained | paper |',
-             '|---|' + '---|' * (len(MARKS_MIN) + 5)]
+             + ' | best rank-1 / mAP (at min) | min to pass the histogram mAP | img/s | trained |',
+             '|---|' + '---|' * (len(MARKS_MIN) + 4)]
     curves = {}
     for name in args.variants:
         output = runs / name
@@ -163,8 +142,7 @@ def report(args) -> str:
                      + f' | {best["rank1"]:.1f} / {best["mAP"]:.1f} ({best["train_minutes"]:.0f}) | '
                      + (f'{passed:.0f}' if passed is not None else 'not passed')
                      + f' | {speed} | {points[-1]["train_minutes"]:.0f} min, '
-                     f'epoch {points[-1].get("epoch", 0):.1f} | '
-                     + ('{} / {}'.format(*PAPER[name]) if name in PAPER else '-') + ' |')
+                     f'epoch {points[-1].get("epoch", 0):.1f} |')
     text = '\n'.join(lines) + '\n'
     (runs / 'time_to_accuracy.md').write_text(text)
     if curves:
@@ -191,7 +169,7 @@ def _plot(curves: dict, histogram: dict, path: Path, cpu: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         out = subprocess.run(['lscpu'], capture_output=True, text=True, check=True).stdout
         fields = dict(line.split(':', 1) for line in out.splitlines() if ':' in line)

@@ -4,7 +4,8 @@
         --checkpoint runs/cbam/checkpoint.pt --data-root ../shared/data/market1501-dev \\
         --output docs/figures/attention.png
     python recipes/visualize.py ranks --checkpoint runs/g4/checkpoint.pt --data-root DATA --output ranks.png
-    python recipes/visualize.py tsne --checkpoint runs/g4/checkpoint.pt --data-root DATA --output tsne.png
+    python recipes/visualize.py tsne --checkpoint runs/buc/checkpoint.pt --checkpoint runs/g4/checkpoint.pt \\
+        --data-root DATA --output tsne.png
     python recipes/visualize.py curves runs/g4 runs/r50 --output curves.png
 
 Models come from training checkpoints (``--checkpoint``, repeatable) or pretrained weights (``--pretrained
@@ -54,7 +55,7 @@ def parse_args(argv=None):
     ranks.add_argument('--num-queries', type=int, default=6)
     ranks.add_argument('--top-k', type=int, default=10)
 
-    tsne = commands.add_parser('tsne', help='t-SNE of chosen identities (paper Fig. 4)')
+    tsne = commands.add_parser('tsne', help='t-SNE of chosen identities, one panel per model (paper Fig. 4)')
     add_model_args(tsne)
     tsne.add_argument('--data-root', required=True, help='Market-1501 layout; its query + gallery images')
     tsne.add_argument('--num-ids', type=int, default=18, help='identities with the most images (paper: 18)')
@@ -102,7 +103,8 @@ def main(argv=None):
         splits = load_reid_dataset(args.data_root)
         images = splits.query + splits.gallery
         identities = args.ids or choose_identities(images, args.num_ids)
-        path = plot_tsne(one_model(args), images, identities, args.output, perplexity=args.perplexity,
+        models = load_embedders(args.checkpoint, args.pretrained)
+        path = plot_tsne(models, images, identities, args.output, perplexity=args.perplexity,
                          seed=args.seed)
     else:
         path = plot_training_curves(args.runs, args.output)

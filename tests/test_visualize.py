@@ -79,11 +79,15 @@ def test_ranking_leaves_out_same_identity_same_camera():
     assert visualize.rank_gallery(torch.zeros(1, 1), embeddings, query, gallery) == [[1, 2]]
 
 
-def test_tsne(recipe, tiny_run, tmp_path):
-    out = recipe.main(['tsne', '--checkpoint', str(tiny_run / 'checkpoint.pt'), '--data-root',
+def test_tsne_one_panel_per_model(recipe, tiny_run, tmp_path):
+    checkpoint = str(tiny_run / 'checkpoint.pt')
+    out = recipe.main(['tsne', '--checkpoint', checkpoint, '--checkpoint', checkpoint, '--data-root',
                        str(tiny_run / 'data' / 'synthetic'), '--num-ids', '4', '--output',
                        str(tmp_path / 'tsne.png')])
-    assert_png(out)
+    one = recipe.main(['tsne', '--checkpoint', checkpoint, '--data-root',
+                       str(tiny_run / 'data' / 'synthetic'), '--num-ids', '4', '--output',
+                       str(tmp_path / 'tsne1.png')])
+    assert Image.open(out).width > 1.5 * Image.open(one).width
 
 
 def test_choose_identities_most_images_first_without_distractors():

@@ -250,30 +250,32 @@ def choose_identities(images: Sequence[ReidImage], num_ids: int) -> list[int]:
     return sorted(counts, key=lambda pid: (-counts[pid], pid))[:num_ids]
 
 
-def plot_tsne(loaded: LoadedEmbedder, images: Sequence[ReidImage], identities: Sequence[int],
+def plot_tsne(models: Sequence[LoadedEmbedder], images: Sequence[ReidImage], identities: Sequence[int],
               output: str | os.PathLike, perplexity: float = 30.0, seed: int = 0) -> Path:
-    """t-SNE (van der Maaten & Hinton, 2008) of the embeddings of ``identities``' images, one colour each."""
+    """t-SNE (van der Maaten & Hinton, 2008) of the embeddings of ``identities``' images, one colour each;
+    one panel per model, the same images and colours in each (Fig. 4 sets BUC beside GAM this way)."""
     from sklearn.manifold import TSNE
 
     wanted = set(identities)
     chosen = [image for image in images if image.pid in wanted]
     if len(chosen) < 3:
         raise ValueError(f'identities {sorted(wanted)} have {len(chosen)} images; t-SNE needs at least 3')
-    embeddings = extract_embeddings(loaded.embedder, chosen, build_eval_transform(loaded.image_size)).numpy()
     perplexity = min(perplexity, len(chosen) - 1)  # scikit-learn requires perplexity < number of points
-    points = TSNE(perplexity=perplexity, init='pca', random_state=seed).fit_transform(embeddings)
     pids = np.array([image.pid for image in chosen])
-    figure = Figure(figsize=(6, 5))
-    ax = figure.subplots()
+    figure = Figure(figsize=(5 * len(models) + 1, 5))
     palette = colormaps['tab20']
-    for index, pid in enumerate(identities):
-        at = pids == pid
-        ax.scatter(points[at, 0], points[at, 1], s=18, color=palette(index % 20), label=f'id {pid}')
+    for ax, loaded in zip(figure.subplots(1, len(models), squeeze=False)[0], models, strict=True):
+        transform = build_eval_transform(loaded.image_size)
+        embeddings = extract_embeddings(loaded.embedder, chosen, transform).numpy()
+        points = TSNE(perplexity=perplexity, init='pca', random_state=seed).fit_transform(embeddings)
+        for index, pid in enumerate(identities):
+            at = pids == pid
+            ax.scatter(points[at, 0], points[at, 1], s=18, color=palette(index % 20), label=f'id {pid}')
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f'{loaded.label}: t-SNE of {len(identities)} identities, {len(chosen)} images '
+                     f'(perplexity {perplexity:g})', fontsize=8)
     ax.legend(fontsize=6, ncol=2, loc='center left', bbox_to_anchor=(1, 0.5))
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(f'{loaded.label}: t-SNE of {len(identities)} identities, {len(chosen)} images '
-                 f'(perplexity {perplexity:g})', fontsize=8)
     return _save(figure, output)
 
 
