@@ -14,7 +14,8 @@ corrupt a budget of minutes.
 
 The sweep is resumable: a finished run (``RUNS/ROW-seedS``) is skipped, a killed one continues with
 ``--resume``. The report (stdout, ``RUNS/paper_tables.md``, ``RUNS/paper_tables.png``) gives each run's
-dev-test rank-1 and mAP after the schedule, the mean over seeds, the parameters and GMACs of the model
+dev-test rank-1 and mAP after the schedule, the mean over seeds, the best stage's mAP (the last
+merges can cost accuracy), the parameters and GMACs of the model
 (as docs/models.md counts them), the training minutes, and the paper's rank-1 / mAP (Market-1501 at
 256x128 after about 60 epochs on a GPU: for comparing orderings, not values). The HSV colour histogram
 and the recommended ``cpu`` recipe (training-minute budget, benchmarks/time_to_accuracy.py) are extra
@@ -147,7 +148,8 @@ def report(args) -> str:
     lines = [f'Dev-test rank-1 / mAP after the cpu-hour schedule (6 epochs at 64x32, 1024-d), {cpu_model()}; '
              'several seeds: mean ± half the range (two) or the standard deviation.', '',
              '| table | row | model | params (M) | GMACs 256x128 | seeds | rank-1 | mAP '
-             '| per seed (rank-1 / mAP) | train min | paper rank-1 / mAP |', '|---|' + '---|' * 10]
+             '| per seed (rank-1 / mAP) | best stage mAP (epoch) | train min | paper rank-1 / mAP |',
+             '|---|' + '---|' * 11]
     curves = {}
     for name in ORDER:
         outputs = [run_folder(runs, name, s) for s in args.seeds]
@@ -160,13 +162,15 @@ def report(args) -> str:
         params, gmacs = model_size(spec['model'])
         seeds = ', '.join(o.name.rsplit('seed', 1)[1] for o in done)
         per_seed = '; '.join(f'{r["rank1"]:.1f} / {r["mAP"]:.1f}' for r in results)
+        best = '; '.join('{mAP:.1f} ({epoch:g})'.format(**max(c[1:], key=lambda p: p['mAP']))
+                         for c in curves[name])
         minutes = statistics.mean(r['train_minutes'] for r in results)
         rank1, mean_ap = _cell([r['rank1'] for r in results]), _cell([r['mAP'] for r in results])
         lines.append(f'| {spec["table"]} | {spec["label"]} | {spec["model"]} | {params:.1f} | {gmacs:.2f} | '
-                     f'{seeds} | {rank1} | {mean_ap} | {per_seed} | {minutes:.0f} | '
+                     f'{seeds} | {rank1} | {mean_ap} | {per_seed} | {best} | {minutes:.0f} | '
                      f'{spec["paper"][0]} / {spec["paper"][1]} |')
     lines.append(f'| - | HSV colour histogram | - | - | - | - | {histogram["rank1"]:.1f} | '
-                 f'{histogram["mAP"]:.1f} | - | - | - |')
+                 f'{histogram["mAP"]:.1f} | - | - | - | - |')
     cpu_recipe = _cpu_recipe_row(Path(args.cpu_recipe_run).expanduser())
     if cpu_recipe:
         lines.append(cpu_recipe)
@@ -187,8 +191,8 @@ def _cpu_recipe_row(output: Path) -> str | None:
     last = points[-1]
     return (f'| - | recommended `cpu` recipe (beyond the paper) | gam_resnet50_g4 | - | - | 0 | '
             f'{near_six["rank1"]:.1f} | {near_six["mAP"]:.1f} | at epoch {near_six["epoch"]:.1f}; at epoch '
-            f'{last["epoch"]:.1f}: {last["rank1"]:.1f} / {last["mAP"]:.1f} | {near_six["train_minutes"]:.0f} '
-            '| - |')
+            f'{last["epoch"]:.1f}: {last["rank1"]:.1f} / {last["mAP"]:.1f} | - | '
+            f'{near_six["train_minutes"]:.0f} | - |')
 
 
 def _plot(curves: dict, histogram: dict, path: Path) -> None:
