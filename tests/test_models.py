@@ -146,15 +146,20 @@ def test_grouped_attention_rejects_indivisible_widths():
         GroupedAttention(64, groups=8, grouped_mlp=True)  # 64 / 16 = 4 reduced channels
 
 
-def test_reid_pretrained_cfg():
-    cfg = timm.create_model('gam_resnet50_g8', device='meta').pretrained_cfg
-    assert cfg['input_size'] == (3, 256, 128) and cfg['pool_size'] == (8, 4)
-    assert cfg['num_classes'] == 2048 and cfg['classifier'] == 'fc' and cfg['first_conv'] == 'conv1'
-    released = timm.create_model('gam_resnet50_g4', device='meta').pretrained_cfg  # the CPU release
-    assert released['input_size'] == (3, 64, 32) and released['num_classes'] == 1024
+@pytest.mark.parametrize('groups', [2, 4, 8, 16])
+def test_reid_pretrained_cfg_describes_the_cpu_release(groups):
+    cfg = timm.create_model(f'gam_resnet50_g{groups}', device='meta').pretrained_cfg
+    assert cfg['input_size'] == (3, 64, 32) and cfg['pool_size'] == (2, 1) and cfg['num_classes'] == 1024
+    assert cfg['classifier'] == 'fc' and cfg['first_conv'] == 'conv1' and cfg['crop_pct'] == 1.0
     assert cfg['mean'] == timm.data.IMAGENET_DEFAULT_MEAN and cfg['license'] == 'other'
+    assert cfg['hf_hub_id'] == f'timm-gam/gam_resnet50_g{groups}.unsup_market1501dev'
     assert cfg['paper_ids'] and cfg['paper_name']
 
+
+
+def test_models_without_weights_keep_the_papers_cfg():
+    cfg = timm.create_model('cbam_resnet50', device='meta').pretrained_cfg
+    assert cfg['input_size'] == (3, 256, 128) and cfg['pool_size'] == (8, 4) and cfg['num_classes'] == 2048
 
 @torch.no_grad()
 def test_timm_api_on_a_small_input():
