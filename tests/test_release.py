@@ -19,6 +19,9 @@ from timm_gam import hub
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RELEASES = sorted(p for p in (REPO_ROOT / 'hub').iterdir() if p.is_dir())
+# the paper's main model, whose release other tests (feature extractor, eval-only) load
+REPO_ID = 'timm-gam/gam_resnet50_g4.unsup_market1501dev'
+RELEASE = REPO_ROOT / 'hub' / 'gam_resnet50_g4.unsup_market1501dev'
 MARKET_DEV = REPO_ROOT.parent / 'shared' / 'data' / 'market1501-dev'
 needs_market_dev = pytest.mark.skipif(not MARKET_DEV.is_dir(),
                                       reason='market1501-dev is not beside the checkout')
@@ -110,7 +113,6 @@ def test_timm_transform_from_the_pretrained_cfg_reproduces_every_card(hf_cache, 
 
 @needs_market_dev
 def test_eval_only_pretrained_reproduces_the_card(hf_cache, tmp_path):
-    release = next(r for r in RELEASES if architecture(r) == 'gam_resnet50_g4')
     env = dict(os.environ, HF_HUB_CACHE=str(hf_cache), HF_HUB_OFFLINE='1', TIMM_GAM_PROGRESS='0')
     result = subprocess.run(  # no size flag: the embedding and input sizes come from the weights
         [sys.executable, str(REPO_ROOT / 'recipes' / 'unsup_reid.py'), '--eval-only', '--pretrained',
@@ -119,5 +121,5 @@ def test_eval_only_pretrained_reproduces_the_card(hf_cache, tmp_path):
         env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     measured = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
-    for key, value in card_metrics(release).items():
+    for key, value in card_metrics(RELEASE).items():
         assert measured[key] == pytest.approx(value, abs=0.05), key
