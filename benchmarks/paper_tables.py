@@ -85,17 +85,22 @@ def finished(output: Path) -> bool:
     return json.loads(metrics.read_text()).get('stage', -1) >= json.loads(config.read_text())['stages']
 
 
+def _say(message: str) -> None:
+    # one write per line: print's separate write of the newline lets two sweep threads' lines run together
+    print(f'[sweep] {message}\n', end='', flush=True)
+
+
 def train_row(name: str, seed: int, args, threads: int) -> None:
     output = run_folder(Path(args.runs).expanduser(), name, seed)
     if finished(output):
-        print(f'[sweep] {output.name}: done', flush=True)
+        _say(f'{output.name}: done')
         return
     spec = ROWS[name]
     command = [sys.executable, str(RECIPE), *SCHEDULE, '--model', spec['model'], '--loss', spec['loss'],
                '--data-root', args.data_root, '--output', str(output), '--seed', str(seed)]
     if (output / 'config.json').exists():
         command.append('--resume')
-    print(f'[sweep] {output.name}: {" ".join(command)} ({threads} thread(s))', flush=True)
+    _say(f'{output.name}: {" ".join(command)} ({threads} thread(s))')
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
     with open(output.parent / f'{output.name}.out', 'a') as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, env=env)
