@@ -19,7 +19,8 @@ merges can cost accuracy), the parameters and GMACs of the model
 (as docs/models.md counts them), the training minutes, and the paper's rank-1 / mAP (Market-1501 at
 256x128 after about 60 epochs on a GPU: for comparing orderings, not values). The HSV colour histogram
 and the recommended ``cpu`` recipe (training-minute budget, benchmarks/time_to_accuracy.py) are extra
-rows when their measurements exist.
+rows when their measurements exist. Below the table, each ordering the paper reports is checked pair by
+pair: holds, reversed, or within the run-to-run spread.
 """
 import argparse
 import json
@@ -56,6 +57,17 @@ ROWS = {
 # the order of the sweep: Table 6 first (its runs give the released g2/g8/g16 weights), then Table 2
 ORDER = ['idl-acl-gam', 'idl-acl-gam-g16', 'idl-acl-gam-g8', 'idl-acl-gam-g2', 'buc', 'idl-acl-cbam',
          'idl-acl-r50', 'acl-gam', 'idl-r50', 'idl-acl-acbam']
+# the paper's orderings of its rows by mAP, each relation between the row before it and the next
+CLAIMS = {
+    'Table 2, attention: GAM > CBAM >= plain ResNet-50 > A-CBAM':
+        (['idl-acl-gam', 'idl-acl-cbam', 'idl-acl-r50', 'idl-acl-acbam'], ['>', '>=', '>']),
+    'Table 2, losses: IDL+ACL > ACL+GAM > IDL > BUC':
+        (['idl-acl-r50', 'acl-gam', 'idl-r50', 'buc'], ['>', '>', '>']),
+    'Table 6, filter groups: 8 >= 4 > 16 > 2':
+        (['idl-acl-gam-g8', 'idl-acl-gam', 'idl-acl-gam-g16', 'idl-acl-gam-g2'], ['>=', '>', '>']),
+}
+# mAP by which two runs of one configuration differ at this scale (docs/results.md: the g4 cpu-hour rerun)
+RUN_TO_RUN_SPREAD = 1.5
 # the recommended CPU recipe's run of benchmarks/time_to_accuracy.py, an extra row when present
 CPU_RECIPE_RUN = Path('~/.cache/timm-gam/runs/tta/cpu')
 
@@ -155,7 +167,7 @@ def report(args) -> str:
              '| table | row | model | params (M) | GMACs 256x128 | seeds | rank-1 | mAP '
              '| per seed (rank-1 / mAP) | best stage mAP (epoch) | train min | paper rank-1 / mAP |',
              '|---|' + '---|' * 11]
-    curves = {}
+    curves, measured = {}, {}
     for name in ORDER:
         outputs = [run_folder(runs, name, s) for s in args.seeds]
         done = [o for o in outputs if finished(o)]
@@ -171,6 +183,7 @@ def report(args) -> str:
                          for c in curves[name])
         minutes = statistics.mean(r['train_minutes'] for r in results)
         rank1, mean_ap = _cell([r['rank1'] for r in results]), _cell([r['mAP'] for r in results])
+        measured[name] = [r['mAP'] for r in results]
         lines.append(f'| {spec["table"]} | {spec["label"]} | {spec["model"]} | {params:.1f} | {gmacs:.2f} | '
                      f'{seeds} | {rank1} | {mean_ap} | {per_seed} | {best} | {minutes:.0f} | '
                      f'{spec["paper"][0]} / {spec["paper"][1]} |')
@@ -179,11 +192,41 @@ def report(args) -> str:
     cpu_recipe = _cpu_recipe_row(Path(args.cpu_recipe_run).expanduser())
     if cpu_recipe:
         lines.append(cpu_recipe)
+    lines += ['', *ordering_table(measured)]
     text = '\n'.join(lines) + '\n'
     (runs / 'paper_tables.md').write_text(text)
     if curves:
         _plot(curves, histogram, runs / 'paper_tables.png')
     return text
+
+
+def ordering_verdict(relation: str, difference: float, spread: float) -> str:
+    """Whether ``a relation b`` holds where mAP(a) - mAP(b) = ``difference``, runs varying by ``spread``."""
+    if difference > spread:
+        return 'holds'
+    if difference < -spread:
+        return 'reversed'
+    return 'within the spread' + (' (consistent with >=)' if relation == '>=' else '')
+
+
+def ordering_table(measured: dict[str, list[float]]) -> list[str]:
+    """The paper's orderings (``CLAIMS``), pair by pair: the measured mAP (mean over seeds), the difference
+    and its verdict against the larger of ``RUN_TO_RUN_SPREAD`` and the pair's half-range over seeds."""
+    lines = [f'Orderings (mAP; spread: {RUN_TO_RUN_SPREAD} or the half-range over seeds if larger):', '',
+             "| paper's claim | pair | paper mAP | measured mAP | difference | verdict |",
+             '|---|' + '---|' * 5]
+    for claim, (names, relations) in CLAIMS.items():
+        for a, relation, b in zip(names[:-1], relations, names[1:], strict=True):
+            paper = f'{ROWS[a]["paper"][1]} {relation} {ROWS[b]["paper"][1]}'
+            if a not in measured or b not in measured:
+                lines.append(f'| {claim} | {a} {relation} {b} | {paper} | - | - | not measured |')
+                continue
+            spread = max([RUN_TO_RUN_SPREAD] + [(max(v) - min(v)) / 2 for v in (measured[a], measured[b])])
+            mean_a, mean_b = statistics.mean(measured[a]), statistics.mean(measured[b])
+            verdict = ordering_verdict(relation, mean_a - mean_b, spread)
+            lines.append(f'| {claim} | {a} {relation} {b} | {paper} | {mean_a:.1f} vs {mean_b:.1f} | '
+                         f'{mean_a - mean_b:+.1f} | {verdict} |')
+    return lines
 
 
 def _cpu_recipe_row(output: Path) -> str | None:

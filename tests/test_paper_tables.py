@@ -63,3 +63,16 @@ def test_seed_spread_cell(tables):
     assert tables._cell([]) == '-'
     assert tables._cell([12.0]) == '12.0'
     assert tables._cell([12.0, 14.0]) == '13.0 ± 1.0'  # two seeds: mean and half the range
+
+
+def test_orderings_are_judged_against_the_spread(tables):
+    assert tables.ordering_verdict('>', 2.0, 1.5) == 'holds'
+    assert tables.ordering_verdict('>', -2.0, 1.5) == 'reversed'
+    assert tables.ordering_verdict('>', 1.0, 1.5) == 'within the spread'
+    assert tables.ordering_verdict('>=', -1.0, 1.5) == 'within the spread (consistent with >=)'
+    every_row = {name for names, _ in tables.CLAIMS.values() for name in names}
+    assert every_row <= set(tables.ROWS)
+    lines = tables.ordering_table({'idl-acl-gam-g8': [14.0, 10.0], 'idl-acl-gam': [10.0]})
+    g8_g4 = next(line for line in lines if 'idl-acl-gam-g8 >= idl-acl-gam |' in line)
+    assert '12.0 vs 10.0' in g8_g4 and 'within the spread' in g8_g4  # two seeds 4 apart: a spread of 2
+    assert sum('not measured' in line for line in lines) == 8
