@@ -109,7 +109,10 @@ class RunState:
     def from_dict(cls, state: dict, device='cpu') -> 'RunState':
         memories = {name: state.get(name) and ClusterMemory.from_state_dict(state[name]).to(device)
                     for name in ('memory', 'instance_memory')}
-        return cls(**{**state, **memories})
+        labels = state.get('cluster_labels')
+        # the merging reads the labels as a numpy array: they stay on the CPU whatever the training device
+        labels = {} if labels is None else {'cluster_labels': labels.cpu()}
+        return cls(**{**state, **memories, **labels})
 
 
 @dataclass

@@ -59,10 +59,12 @@ def all_gather_rows(tensor: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
 
 
 def broadcast_tensor(tensor: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
-    """Rank 0's copy of ``tensor`` on every rank (same shape and dtype everywhere)."""
-    if group.is_distributed:
-        dist.broadcast(tensor, src=0)
-    return tensor
+    """Rank 0's copy of ``tensor`` on every rank (same shape and dtype everywhere), on the tensor's device."""
+    if not group.is_distributed:
+        return tensor
+    sent = tensor.to(group.device)  # nccl sends CUDA tensors only; cluster labels live on the CPU
+    dist.broadcast(sent, src=0)
+    return sent.to(tensor.device)
 
 
 def all_gather_keeping_grad(tensor: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
