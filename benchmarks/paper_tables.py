@@ -17,10 +17,10 @@ The sweep is resumable: a finished run (``RUNS/ROW-seedS``) is skipped, a killed
 dev-test rank-1 and mAP after the schedule, the mean over seeds, the best stage's mAP (the last
 merges can cost accuracy), the parameters and GMACs of the model
 (as docs/models.md counts them), the training minutes, and the paper's rank-1 / mAP (Market-1501 at
-256x128 after about 60 epochs on a GPU: for comparing orderings, not values). The HSV colour histogram
-and the recommended ``cpu`` recipe (training-minute budget, benchmarks/time_to_accuracy.py) are extra
-rows when their measurements exist. Below the table, each ordering the paper reports is checked pair by
-pair: holds, reversed, or within the run-to-run spread.
+256x128 after about 60 epochs on a GPU: for comparing orderings, not values). Extra rows: the HSV colour
+histogram, computed from ``--data-root`` by each report, and the recommended ``cpu`` recipe
+(training-minute budget, benchmarks/time_to_accuracy.py) when its run exists. Below the table, each
+ordering the paper reports is checked pair by pair: holds, reversed, or within the run-to-run spread.
 """
 import argparse
 import json
@@ -90,7 +90,8 @@ def run_folder(runs: Path, name: str, seed: int) -> Path:
 
 
 def finished(output: Path) -> bool:
-    """Whether the run trained every stage of its schedule (its last checkpoint's metrics say so)."""
+    """Whether the run trained every stage of its schedule: the metrics.json a run writes when it stops
+    (schedule done or time budget spent) name the stage of its last evaluation."""
     metrics, config = output / 'metrics.json', output / 'config.json'
     if not (metrics.exists() and config.exists()):
         return False
@@ -122,8 +123,14 @@ def sweep(args) -> None:
     jobs = [(name, seed) for seed in args.seeds for name in args.rows]
     threads = max(1, (os.cpu_count() or 1) // args.parallel)
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        for result in [pool.submit(train_row, name, seed, args, threads) for name, seed in jobs]:
-            result.result()
+        futures = [pool.submit(train_row, name, seed, args, threads) for name, seed in jobs]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            # a failed row or a Ctrl-C stops the sweep: the rows not yet started would train for hours
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def stage_curve(output: Path) -> list[dict]:
@@ -135,7 +142,9 @@ def stage_curve(output: Path) -> list[dict]:
             points.append({**event, 'epoch': 0.0})
         elif event['event'] == 'stage' and 'mAP' in event:
             points.append(event)
-    return list({p['epoch']: p for p in points}.values())  # a resumed stage is logged once per attempt
+    # a stage is logged twice when a run was killed between logging it and saving its checkpoint, the
+    # untrained evaluation again when one was killed before its first checkpoint
+    return list({p['epoch']: p for p in points}.values())
 
 
 def model_size(model_name: str) -> tuple[float, float]:
@@ -149,13 +158,17 @@ def model_size(model_name: str) -> tuple[float, float]:
     return sum(p.numel() for p in model.parameters()) / 1e6, count_gmacs(model, (256, 128))
 
 
+def _half_range(values: list[float]) -> float:
+    """The spread of one row's seeds, as the table and the orderings state it."""
+    return (max(values) - min(values)) / 2
+
+
 def _cell(values: list[float]) -> str:
     if not values:
         return '-'
     if len(values) == 1:
         return f'{values[0]:.1f}'
-    return f'{statistics.mean(values):.1f} ± {abs(values[0] - values[1]) / 2:.1f}' if len(values) == 2 \
-        else f'{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}'
+    return f'{statistics.mean(values):.1f} ± {_half_range(values):.1f}'
 
 
 def report(args) -> str:
@@ -163,7 +176,7 @@ def report(args) -> str:
     runs = Path(args.runs).expanduser()
     histogram = histogram_baseline(args.data_root)
     lines = [f'Dev-test rank-1 / mAP after the cpu-hour schedule (6 epochs at 64x32, 1024-d), {cpu_model()}; '
-             'several seeds: mean ± half the range (two) or the standard deviation.', '',
+             'several seeds: mean ± half the range.', '',
              '| table | row | model | params (M) | GMACs 256x128 | seeds | rank-1 | mAP '
              '| per seed (rank-1 / mAP) | best stage mAP (epoch) | train min | paper rank-1 / mAP |',
              '|---|' + '---|' * 11]
@@ -179,8 +192,8 @@ def report(args) -> str:
         params, gmacs = model_size(spec['model'])
         seeds = ', '.join(o.name.rsplit('seed', 1)[1] for o in done)
         per_seed = '; '.join(f'{r["rank1"]:.1f} / {r["mAP"]:.1f}' for r in results)
-        best = '; '.join('{mAP:.1f} ({epoch:g})'.format(**max(c[1:], key=lambda p: p['mAP']))
-                         for c in curves[name])
+        best_stages = [max((p for p in c if p['epoch'] > 0), key=lambda p: p['mAP']) for c in curves[name]]
+        best = '; '.join(f'{p["mAP"]:.1f} ({p["epoch"]:g})' for p in best_stages)
         minutes = statistics.mean(r['train_minutes'] for r in results)
         rank1, mean_ap = _cell([r['rank1'] for r in results]), _cell([r['mAP'] for r in results])
         measured[name] = [r['mAP'] for r in results]
@@ -221,7 +234,7 @@ def ordering_table(measured: dict[str, list[float]]) -> list[str]:
             if a not in measured or b not in measured:
                 lines.append(f'| {claim} | {a} {relation} {b} | {paper} | - | - | not measured |')
                 continue
-            spread = max([RUN_TO_RUN_SPREAD] + [(max(v) - min(v)) / 2 for v in (measured[a], measured[b])])
+            spread = max(RUN_TO_RUN_SPREAD, _half_range(measured[a]), _half_range(measured[b]))
             mean_a, mean_b = statistics.mean(measured[a]), statistics.mean(measured[b])
             verdict = ordering_verdict(relation, mean_a - mean_b, spread)
             lines.append(f'| {claim} | {a} {relation} {b} | {paper} | {mean_a:.1f} vs {mean_b:.1f} | '
@@ -235,9 +248,12 @@ def _cpu_recipe_row(output: Path) -> str | None:
         return None
     events = [json.loads(line) for line in (output / 'log.jsonl').read_text().splitlines()]
     points = [e for e in events if e['event'] in ('timed_eval', 'stage') and 'mAP' in e]
+    if not points:
+        return None
+    seed = json.loads((output / 'config.json').read_text())['seed']
     near_six = min(points, key=lambda p: abs(p['epoch'] - 6))
     last = points[-1]
-    return (f'| - | recommended `cpu` recipe (beyond the paper) | gam_resnet50_g4 | - | - | 0 | '
+    return (f'| - | recommended `cpu` recipe (beyond the paper) | gam_resnet50_g4 | - | - | {seed} | '
             f'{near_six["rank1"]:.1f} | {near_six["mAP"]:.1f} | at epoch {near_six["epoch"]:.1f}; at epoch '
             f'{last["epoch"]:.1f}: {last["rank1"]:.1f} / {last["mAP"]:.1f} | - | '
             f'{near_six["train_minutes"]:.0f} | - |')

@@ -37,10 +37,8 @@ VARIANTS = {
     'cpu-files': ('cpu on the files data path (DataLoader worker, torchvision transforms)',
                   ['--preset', 'cpu', '--data-path', 'files', '--workers', '1']),
 }
-# variant sets: the levers of issue 10 (the paper's rows: benchmarks/paper_tables.py, a fixed schedule)
-SETS = {
-    'levers': ['cpu-hour', 'cpu', 'cpu-no-camera', 'cpu-instance-memory'],
-}
+# the variants run by default: the levers of issue 10 (the paper's rows: benchmarks/paper_tables.py)
+LEVERS = ['cpu-hour', 'cpu', 'cpu-no-camera', 'cpu-instance-memory']
 MARKS_MIN = (20, 60)
 
 
@@ -48,15 +46,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--data-root', required=True)
     p.add_argument('--runs', required=True, help='folder of the run folders (outside the checkout)')
-    p.add_argument('--set', choices=list(SETS), default='levers', help='which variants (default: the levers)')
-    p.add_argument('--variants', nargs='+', choices=list(VARIANTS), help='these variants instead of a --set')
+    p.add_argument('--variants', nargs='+', choices=list(VARIANTS), default=LEVERS,
+                   help='these variants (default: the levers)')
     p.add_argument('--budget-min', type=float, default=20.0, help='training minutes per variant')
     p.add_argument('--eval-every-min', type=float, default=5.0)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--report-only', action='store_true', help='tabulate and plot the runs as they are')
-    args = p.parse_args(argv)
-    args.variants = args.variants or SETS[args.set]
-    return args
+    return p.parse_args(argv)
 
 
 def run_variant(name: str, args) -> None:
@@ -174,7 +170,7 @@ def cpu_model() -> str:
         out = subprocess.run(['lscpu'], capture_output=True, text=True, check=True).stdout
         fields = dict(line.split(':', 1) for line in out.splitlines() if ':' in line)
         return f'{fields["Model name"].strip()}, {fields["CPU(s)"].strip()} cores'
-    except (OSError, subprocess.CalledProcessError, StopIteration):
+    except (OSError, subprocess.CalledProcessError, KeyError):  # no lscpu, or one without these fields
         return platform.processor() or platform.machine()
 
 

@@ -37,10 +37,10 @@ def test_every_row_is_the_cpu_hour_schedule_with_its_model_and_loss(tables):
     assert schedules == {((64, 32), 1024, 2, 4, 1, 0.22, None, 5)}
 
 
-def write_run(folder: Path, stages: int, last_stage: int, log: list[dict]) -> Path:
+def write_run(folder: Path, stages: int, last_stage: int, log: list[dict], **metrics) -> Path:
     folder.mkdir()
     (folder / 'config.json').write_text(json.dumps({'stages': stages}))
-    (folder / 'metrics.json').write_text(json.dumps({'stage': last_stage}))
+    (folder / 'metrics.json').write_text(json.dumps({'stage': last_stage, **metrics}))
     (folder / 'log.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in log))
     return folder
 
@@ -51,11 +51,14 @@ def test_finished_means_every_stage_trained(tables, tmp_path):
     assert not tables.finished(tmp_path / 'never-started')
 
 
-def test_stage_curve_counts_a_resumed_stage_once(tables, tmp_path):
-    untrained = {'event': 'eval', 'stage': -1, 'rank1': 1.0, 'mAP': 1.0}
-    stage0 = {'event': 'stage', 'stage': 0, 'epoch': 2.0, 'rank1': 10.0, 'mAP': 5.0}
-    stage1 = {'event': 'stage', 'stage': 1, 'epoch': 3.0, 'rank1': 12.0, 'mAP': 6.0}
-    run = write_run(tmp_path / 'r', 4, 1, [untrained, stage0, untrained, stage0, stage1])  # resumed once
+UNTRAINED = {'event': 'eval', 'stage': -1, 'rank1': 1.0, 'mAP': 1.0}
+STAGE0 = {'event': 'stage', 'stage': 0, 'epoch': 2.0, 'rank1': 10.0, 'mAP': 5.0}
+STAGE1 = {'event': 'stage', 'stage': 1, 'epoch': 3.0, 'rank1': 12.0, 'mAP': 6.0}
+
+
+def test_stage_curve_counts_a_relogged_evaluation_once(tables, tmp_path):
+    # killed after logging stage 0 but before saving its checkpoint: the rerun logs both again
+    run = write_run(tmp_path / 'r', 4, 1, [UNTRAINED, STAGE0, UNTRAINED, STAGE0, STAGE1])
     assert [(p['epoch'], p['mAP']) for p in tables.stage_curve(run)] == [(0.0, 1.0), (2.0, 5.0), (3.0, 6.0)]
 
 
@@ -76,3 +79,23 @@ def test_orderings_are_judged_against_the_spread(tables):
     g8_g4 = next(line for line in lines if 'idl-acl-gam-g8 >= idl-acl-gam |' in line)
     assert '12.0 vs 10.0' in g8_g4 and 'within the spread' in g8_g4  # two seeds 4 apart: a spread of 2
     assert sum('not measured' in line for line in lines) == 8
+
+
+def test_report_tabulates_finished_runs_and_their_orderings(tables, tmp_path, monkeypatch):
+    import time_to_accuracy
+    monkeypatch.setattr(time_to_accuracy, 'histogram_baseline', lambda root: {'rank1': 29.1, 'mAP': 14.7})
+    monkeypatch.setattr(tables, 'model_size', lambda name: (10.5, 0.91))
+    runs = (('idl-acl-gam', 0, 12.0), ('idl-acl-gam', 1, 14.0), ('idl-acl-gam-g8', 0, 9.0))
+    for name, seed, mean_ap in runs:
+        write_run(tmp_path / f'{name}-seed{seed}', 1, 1, [UNTRAINED, STAGE0, {**STAGE1, 'mAP': mean_ap}],
+                  rank1=20.0, mAP=mean_ap, train_minutes=50.0)
+    write_run(tmp_path / 'buc-seed0', 4, 2, [UNTRAINED, STAGE0])  # not finished: no row
+    args = tables.parse_args(['--data-root', 'DATA', '--runs', str(tmp_path), '--seeds', '0', '1',
+                              '--cpu-recipe-run', str(tmp_path / 'absent')])
+    text = tables.report(args)
+    g4 = next(line for line in text.splitlines() if line.startswith('| 2, 6 |'))
+    assert '| 0, 1 | 20.0 ± 0.0 | 13.0 ± 1.0 | 20.0 / 12.0; 20.0 / 14.0 | 12.0 (3); 14.0 (3) | 50 |' in g4
+    assert 'BUC*' not in text and '| HSV colour histogram |' in text
+    # g8 9.0 against g4's mean 13.0: beyond the spread of 1.5, the paper's 8 >= 4 reversed
+    assert '| idl-acl-gam-g8 >= idl-acl-gam | 30.0 >= 29.5 | 9.0 vs 13.0 | -4.0 | reversed |' in text
+    assert (tmp_path / 'paper_tables.md').read_text() == text and (tmp_path / 'paper_tables.png').exists()
