@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .reid.embedding import LoadedEmbedder
 from .reid.trainer import TrainConfig
 
-__all__ = ['RESEARCH_ONLY_DATASETS', 'card_output', 'count_gmacs', 'recipe_command', 'settings_without_flag',
+__all__ = ['RESEARCH_ONLY_DATASETS', 'count_gmacs', 'recipe_command', 'settings_without_flag',
            'model_card', 'dtype_name']
 
 # data sets whose terms allow research use only; weights trained on them inherit the restriction
@@ -126,7 +126,7 @@ def _metrics_section(metrics: dict | None, measured_by_publish: bool, dtype: tor
     return f'{source}\n\n{table}'
 
 
-def card_output(config: dict) -> str:
+def _card_output(config: dict) -> str:
     """The run folder as the card's command names it: ``runs/`` and the folder's own name."""
     return f'runs/{Path(config["output"]).name}'
 
@@ -134,8 +134,8 @@ def card_output(config: dict) -> str:
 def _epochs(state) -> str:
     """Epochs trained, with the steps of the epoch a time budget stopped in."""
     if not state.step_in_epoch:
-        return str(state.epoch)
-    return f'{state.epoch} (and {state.step_in_epoch} steps of the next)'
+        return f'{state.epoch} epochs'
+    return f'{state.epoch} epochs and {state.step_in_epoch} steps'
 
 
 def _curve_section(state) -> str:
@@ -171,12 +171,13 @@ def model_card(loaded: LoadedEmbedder, repo_id: str, *, metrics: dict | None, me
     stages = state.history['stages']
     clusters = int(state.cluster_labels.max()) + 1  # where training stopped, maybe after its last stage
     last = checkpoint.last_evaluation() or (stages[-1] if stages else {})
+    # a merge after the last evaluation changes the clusters: that evaluation's purity is then of others
     finished = state.stage > config['stages']
     trained_on, licence = _data_description(config, num_train_images)
     extra_settings = settings_without_flag(config)
     extra = f'\nSettings without a command-line flag, not at their default: `{extra_settings}`.\n' \
         if extra_settings else ''
-    purity = last.get('cluster_purity')
+    purity = last.get('cluster_purity') if last.get('num_clusters') == clusters else None
     purity_line = (f' Their purity against the file-name identities (a diagnostic the training never sees) '
                    f'is {purity:.3f}.') if purity is not None else ''
     budget = config.get('time_budget_min')
@@ -242,7 +243,7 @@ Reproduce with `python recipes/unsup_reid.py --eval-only --pretrained --model {m
 ## Training
 
 Trained on {trained_on}, from {'pretrained' if config['pretrained'] else 'scratch (no ImageNet weights)'},
-with loss `{config['loss']}`. {progress.capitalize()}: {_epochs(state)} epochs in all, ending
+with loss `{config['loss']}`. {progress.capitalize()}: {_epochs(state)} in all, ending
 with {clusters:,} clusters of {num_train_images:,} training images.{purity_line} Training took
 {_format_hours(state.elapsed_s)} of wall time (evaluations included; {state.train_seconds / 60:.0f} minutes
 without them) on {hardware_line}.
@@ -250,7 +251,7 @@ without them) on {hardware_line}.
 The exact command (a run interrupted and continued adds `--resume`; DATA is the data set's folder):
 
 ```bash
-{recipe_command(config, data_root='DATA', output=card_output(config))}
+{recipe_command(config, data_root='DATA', output=_card_output(config))}
 ```
 {extra}
 ## Data and licence
