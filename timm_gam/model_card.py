@@ -171,12 +171,12 @@ def model_card(loaded: LoadedEmbedder, repo_id: str, *, metrics: dict | None, me
     stages = state.history['stages']
     clusters = int(state.cluster_labels.max()) + 1  # where training stopped, maybe after its last stage
     last = checkpoint.last_evaluation() or (stages[-1] if stages else {})
-    # a merge after the last evaluation changes the clusters: that evaluation's purity is then of others
     finished = state.stage > config['stages']
     trained_on, licence = _data_description(config, num_train_images)
     extra_settings = settings_without_flag(config)
     extra = f'\nSettings without a command-line flag, not at their default: `{extra_settings}`.\n' \
         if extra_settings else ''
+    # a merge after the last evaluation changes the clusters: that evaluation's purity is then of others
     purity = last.get('cluster_purity') if last.get('num_clusters') == clusters else None
     purity_line = (f' Their purity against the file-name identities (a diagnostic the training never sees) '
                    f'is {purity:.3f}.') if purity is not None else ''

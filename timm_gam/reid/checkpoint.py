@@ -111,8 +111,7 @@ class RunState:
                     for name in ('memory', 'instance_memory')}
         labels = state.get('cluster_labels')
         # the merging reads the labels as a numpy array: they stay on the CPU whatever the training device
-        labels = {} if labels is None else {'cluster_labels': labels.cpu()}
-        return cls(**{**state, **memories, **labels})
+        return cls(**{**state, **memories, 'cluster_labels': labels if labels is None else labels.cpu()})
 
 
 @dataclass
