@@ -36,6 +36,8 @@ VARIANTS = {
                             ['--preset', 'cpu', '--idl-negatives', 'memory']),
     'cpu-files': ('cpu on the files data path (DataLoader worker, torchvision transforms)',
                   ['--preset', 'cpu', '--data-path', 'files', '--workers', '1']),
+    # IDL* was the best row of the paper tables (docs/results.md, issue 11): does it hold per minute?
+    'cpu-idl': ('cpu with IDL alone (Eq. 4-6; no ACL, no merging)', ['--preset', 'cpu', '--loss', 'idl']),
 }
 # the variants run by default: the levers of issue 10 (the paper's rows: benchmarks/paper_tables.py)
 LEVERS = ['cpu-hour', 'cpu', 'cpu-no-camera', 'cpu-instance-memory']

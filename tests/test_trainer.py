@@ -33,6 +33,18 @@ def test_retrieval_improves_over_the_untrained_model(tiny_run):
     assert metrics['mAP'] > metrics['untrained']['mAP']
 
 
+def test_idl_alone_keeps_every_image_its_own_class(tmp_path):
+    # --loss idl is the paper's IDL row: instance discrimination (Eq. 4-6) with no cluster loss to merge for
+    config = tiny_config(tmp_path, model='test_efficientnet_gn', loss='idl')
+    metrics = train(config)
+    n = metrics['num_train_images']
+    assert [stage['num_clusters'] for stage in metrics['history']] == [n] * (config.stages + 1)
+    events = [json.loads(line) for line in open(f'{config.output}/log.jsonl')]
+    assert not [e for e in events if e['event'] == 'merge']
+    epochs = [e for e in events if e['event'] == 'epoch']
+    assert epochs and all(e['acl'] == 0 and e['idl'] > 0 for e in epochs)
+
+
 def test_run_folder_has_valid_log_metrics_and_checkpoint(tiny_run):
     config, metrics = tiny_run
     lines = [json.loads(line) for line in open(f'{config.output}/log.jsonl')]
