@@ -1,6 +1,7 @@
-"""FeatureExtractor, and ``timm-gam extract`` / ``search``: features of crops in any form, a gallery on disk,
-its nearest neighbours; offline with the published weights (issue 12)."""
+"""FeatureExtractor, and ``timm-gam extract`` / ``search``: features of crops in any form and shape, a gallery
+on disk, its nearest neighbours; offline with the published weights."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -8,15 +9,38 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 from release_checkpoints import tiny_training_run
 from test_release import RELEASE, REPO_ID
 
 from timm_gam import cli, hub
-from timm_gam.reid import FeatureExtractor, ImageLoadError, extract_embeddings, load_embedder
-from timm_gam.reid.gallery import Gallery, search_gallery
+from timm_gam.reid import FeatureExtractor, ImageLoadError, ReidEmbedder, extract_embeddings, load_embedder
+from timm_gam.reid import gallery as gallery_module
+from timm_gam.reid.gallery import Gallery, saved_index_path, search_gallery
 from timm_gam.reid.transforms import build_eval_transform
+
+# a tracker's crops: square (a box padded to 1:1), wide (2:1, a person lying or two side by side), and tall
+# and thin (1:4); H x W of each
+CROP_SHAPES = {'1:1': (96, 96), '2:1': (50, 100), '1:4': (160, 40)}
+
+
+def tracker_crop(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A crop whose sides differ from its centre, so cutting the centre out and squashing the whole differ."""
+    rng = np.random.default_rng(seed)
+    crop = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    crop[:, : width // 4] = (200, 30, 30)
+    crop[:, -width // 4:] = (30, 30, 200)
+    crop[: height // 4] = (30, 200, 30)
+    return crop
+
+
+def card_snippet_features(backbone: torch.nn.Module, crops: list[np.ndarray]) -> torch.Tensor:
+    """The model card's timm snippet, as a user runs it: timm's transform from the pretrained cfg."""
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=backbone))
+    with torch.no_grad():
+        return ReidEmbedder(backbone).eval()(torch.stack([transform(Image.fromarray(c)) for c in crops]))
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -59,8 +83,8 @@ def test_a_picture_gives_the_same_features_as_a_path_pil_image_array_or_preproce
 
 
 def test_the_features_are_the_recipes_within_rounding(extractor, tiny_run, gallery_paths):
-    """onnxruntime and folded batch norm give the trained model's features to float rounding; the unfolded
-    torch model gives the recipe's own, bit for bit."""
+    """onnxruntime and folded batch norm give the trained model's features to float rounding, on crops of
+    the trained size as the recipe's evaluation reads them."""
     from timm_gam.reid import ReidImage
     loaded = load_embedder(checkpoint=tiny_run[0])
     recipe = extract_embeddings(loaded.embedder, [ReidImage(str(p)) for p in gallery_paths],
@@ -69,9 +93,26 @@ def test_the_features_are_the_recipes_within_rounding(extractor, tiny_run, galle
     torch.testing.assert_close(extractor(gallery_paths), recipe, rtol=0, atol=1e-5)
     folded = FeatureExtractor(checkpoint=tiny_run[0], backend='torch')
     torch.testing.assert_close(folded(gallery_paths), recipe, rtol=0, atol=1e-5)
-    exact = FeatureExtractor(checkpoint=tiny_run[0], backend='torch', fuse_batch_norm=False,
-                             batch_size=len(gallery_paths))
-    assert torch.equal(exact(gallery_paths), recipe)  # the same batches: float sums in the same order
+
+
+def test_the_input_is_the_whole_crop_squashed_whatever_its_shape(extractor):
+    """The model sees every crop resized whole to 64x32 (no centre cut), checked against PIL's own resize."""
+    mean, std = (torch.tensor(extractor.data_config[k]).view(3, 1, 1) for k in ('mean', 'std'))
+    height, width = extractor.image_size
+    for name, shape in CROP_SHAPES.items():
+        crop = tracker_crop(*shape)
+        squashed = np.asarray(Image.fromarray(crop).resize((width, height), Image.BILINEAR))
+        reference = (torch.from_numpy(squashed.copy()).permute(2, 0, 1) / 255 - mean) / std
+        torch.testing.assert_close(extractor.preprocess([crop])[0], reference, rtol=0, atol=1e-5, msg=name)
+
+
+def test_crops_of_any_shape_give_the_card_snippets_features(extractor, tiny_run):
+    """FeatureExtractor and the model card's timm snippet agree on square, wide and tall crops."""
+    crops = [tracker_crop(*shape) for shape in CROP_SHAPES.values()]
+    snippet = card_snippet_features(load_embedder(checkpoint=tiny_run[0]).backbone, crops)
+    torch.testing.assert_close(extractor(crops), snippet, rtol=0, atol=1e-5)
+    exact = FeatureExtractor(checkpoint=tiny_run[0], backend='torch', fuse_batch_norm=False)
+    assert torch.equal(exact(crops), snippet)  # the same transform, batch and model: bit for bit
 
 
 def test_tracker_crops_of_any_size_and_mode(extractor, gallery_paths):
@@ -97,6 +138,27 @@ def test_the_onnx_export_is_made_once_per_weights(extractor, tiny_run, onnx_cach
     again = FeatureExtractor(checkpoint=tiny_run[0])
     assert again.model.path == exported and exported.stat().st_mtime_ns == made
     assert not list((onnx_cache / 'onnx').glob('tmp*'))  # no scratch folder left behind
+
+
+def test_a_damaged_onnx_cache_entry_is_rebuilt_and_said(extractor, tiny_run, gallery_paths, caplog):
+    """A cached export cut short (full disk, interrupted copy) is exported again, not a failure for good."""
+    exported = extractor.model.path
+    good = exported.read_bytes()
+    exported.write_bytes(good[:len(good) // 3])
+    with caplog.at_level(logging.INFO, logger='timm_gam'):
+        again = FeatureExtractor(checkpoint=tiny_run[0])
+    assert exported.read_bytes() == good  # the same export as before, whole
+    assert [r.levelname for r in caplog.records] == ['WARNING'] and 'exporting it again' in caplog.text
+    assert str(exported) in caplog.text
+    torch.testing.assert_close(again(gallery_paths), extractor(gallery_paths), rtol=0, atol=0)
+
+
+def test_the_first_export_says_where_the_cache_is(tiny_run, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger='timm_gam'):
+        FeatureExtractor(checkpoint=tiny_run[0], cache_dir=tmp_path)
+        FeatureExtractor(checkpoint=tiny_run[0], cache_dir=tmp_path)
+    (record,) = caplog.records  # once: the second extractor finds the export
+    assert str(tmp_path / 'onnx') in record.getMessage() and 'delete' in record.getMessage()
 
 
 def test_no_detections_give_an_empty_batch(extractor):
@@ -138,6 +200,50 @@ def test_search_is_exact_and_hnsw_finds_the_same_neighbours():
         search_gallery(gallery, queries[:, :32])
 
 
+def unit_rows(rows: int, seed: int) -> np.ndarray:
+    features = np.random.default_rng(seed).standard_normal((rows, 16)).astype(np.float32)
+    return features / np.linalg.norm(features, axis=1, keepdims=True)
+
+
+def test_the_hnsw_graph_is_saved_beside_the_gallery_and_reused_while_it_is_unchanged(tmp_path, monkeypatch):
+    gallery_file = tmp_path / 'gallery.npz'
+    gallery, queries = unit_rows(300, 0), unit_rows(5, 1)
+    first = search_gallery(gallery, queries, top_k=3, index='hnsw', gallery_file=gallery_file)
+    saved = saved_index_path(gallery_file, gallery)
+    assert saved.parent == tmp_path and saved.is_file()
+
+    def no_building(*args):
+        raise AssertionError('the graph was built again')
+    with monkeypatch.context() as patch:
+        patch.setattr(gallery_module.faiss, 'IndexHNSWFlat', no_building)
+        again = search_gallery(gallery, queries, top_k=3, index='hnsw', gallery_file=gallery_file)
+    for reused, built in zip(again, first, strict=True):
+        np.testing.assert_array_equal(reused, built)
+
+    changed = unit_rows(300, 2)  # the gallery extracted again from other images
+    _, indices = search_gallery(changed, changed[:5], top_k=1, index='hnsw', gallery_file=gallery_file)
+    assert (indices[:, 0] == np.arange(5)).all()  # the new gallery's graph, not the old one's
+    assert sorted(tmp_path.iterdir()) == [saved_index_path(gallery_file, changed)]  # the old graph removed
+
+
+def test_an_interrupted_save_leaves_the_older_gallery_whole(tmp_path, monkeypatch):
+    path = tmp_path / 'gallery.npz'
+    older = Gallery(unit_rows(4, 0), ['a.jpg', 'b.jpg', 'c.jpg', 'd.jpg'], str(tmp_path), 'm', None, {})
+    older.save(path)
+    real_savez = np.savez
+
+    def interrupted_savez(file, **arrays):
+        real_savez(file, **arrays)
+        file.truncate(100)  # what a kill in the middle of writing leaves
+        raise KeyboardInterrupt
+    monkeypatch.setattr(gallery_module.np, 'savez', interrupted_savez)
+    with pytest.raises(KeyboardInterrupt):
+        Gallery(unit_rows(9, 1), ['x.jpg'] * 9, str(tmp_path), 'm', None, {}).save(path)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(Gallery.load(path).features, older.features)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['gallery.npz']  # no scratch file left
+
+
 def test_extract_and_search_on_the_command_line(tiny_run, tmp_path, capsys):
     checkpoint, data = tiny_run
     images = tmp_path / 'crops'
@@ -149,7 +255,7 @@ def test_extract_and_search_on_the_command_line(tiny_run, tmp_path, capsys):
     output = tmp_path / 'gallery.npz'
     assert cli.main(['extract', '--checkpoint', str(checkpoint), '--images', str(images),
                      '--output', str(output)]) == 0
-    assert 'skipped 1 unreadable file(s)' in capsys.readouterr().out
+    assert 'skipped 1 unreadable file(s): broken.jpg ->' in capsys.readouterr().out
     gallery = Gallery.load(output)
     assert len(gallery.paths) == len(gallery_files) and gallery.paths[0].startswith('camera1/')
     assert gallery.model == 'test_convnext' and gallery.data_config['input_size'] == [3, 64, 32]
@@ -164,8 +270,10 @@ def test_extract_and_search_on_the_command_line(tiny_run, tmp_path, capsys):
     assert len([line for line in lines if line.startswith('  ')]) == 4
     assert png.stat().st_size > 0 and Image.open(png).size[0] > 300
 
-    assert cli.main(['search', '--features', str(tmp_path / 'none.npz'), '--query', str(query)]) == 2
-    assert 'does not exist' in capsys.readouterr().err
+    (images / 'broken.jpg').rename(tmp_path / 'broken.jpg')
+    assert cli.main(['search', '--features', str(output), '--query', str(tmp_path / 'broken.jpg')]) == 2
+    assert capsys.readouterr().err == (f'timm-gam search: error: query {tmp_path / "broken.jpg"} is not a '
+                                       'readable image: pass image files to --query\n')
 
 
 OFFLINE_SCRIPT = """
@@ -173,11 +281,16 @@ import json, sys
 import numpy as np
 from PIL import Image
 from timm_gam.reid import FeatureExtractor
+from test_feature_extractor import CROP_SHAPES, card_snippet_features, tracker_crop
+import timm
 extractor = FeatureExtractor()
 paths = sys.argv[1:]
 arrays = [np.asarray(Image.open(p).convert('RGB')) for p in paths]
 a, b = extractor(paths), extractor(arrays)
-print(json.dumps({'repr': repr(extractor), 'shape': list(a.shape), 'same': bool((a == b).all())}))
+crops = [tracker_crop(*shape) for shape in CROP_SHAPES.values()]
+snippet = card_snippet_features(timm.create_model('gam_resnet50_g4', pretrained=True), crops)
+print(json.dumps({'repr': repr(extractor), 'shape': list(a.shape), 'same': bool((a == b).all()),
+                  'crops_to_snippet': (extractor(crops) - snippet).norm(dim=1).tolist()}))
 """
 
 
@@ -187,11 +300,14 @@ def test_the_published_weights_offline(gallery_paths, tmp_path):
     env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / 'cache'), HF_HUB_OFFLINE='1', TIMM_GAM_PROGRESS='0',
                TIMM_GAM_CACHE=str(tmp_path / 'timm-gam-cache'))
     result = subprocess.run([sys.executable, '-c', OFFLINE_SCRIPT, *map(str, gallery_paths[:3])], env=env,
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, cwd=Path(__file__).parent)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report['shape'] == [3, 1024] and report['same']
     assert '1024-d, input 64x32' in report['repr']
+    # a square, a wide and a tall crop: FeatureExtractor and the card's timm snippet see the same input
+    # (two pictures of one person are 0.5-0.9 apart; a centre cut against a squash was 1.0)
+    assert max(report['crops_to_snippet']) < 1e-4
     result = subprocess.run([sys.executable, '-m', 'timm_gam.cli', 'extract', '--images',
                              str(gallery_paths[0].parent), '--output', str(tmp_path / 'g4.npz')],
                             env=env, capture_output=True, text=True)

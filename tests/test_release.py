@@ -82,8 +82,10 @@ def test_release_folder_is_complete_small_and_registered(release):
     saved = json.loads((release / 'config.json').read_text())['pretrained_cfg']
     registered = timm.create_model(architecture(release)).pretrained_cfg  # what pretrained=True uses
     assert registered['hf_hub_id'] == repo_id(release)
-    for key in ('input_size', 'num_classes', 'pool_size', 'mean', 'std', 'interpolation', 'crop_pct'):
+    for key in ('input_size', 'num_classes', 'pool_size', 'mean', 'std', 'interpolation', 'crop_pct',
+                'crop_mode'):
         assert json.loads(json.dumps(registered[key])) == saved[key], key  # tuples as config.json has lists
+    assert saved['crop_mode'] == 'squash'  # training resized whole crops: timm must not cut out the centre
 
 
 def test_pretrained_true_loads_the_committed_weights(hf_cache, tmp_path):

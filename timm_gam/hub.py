@@ -24,7 +24,8 @@ from huggingface_hub import CommitInfo, HfApi, constants
 from huggingface_hub.file_download import repo_folder_name
 from timm.models._hub import save_config_for_hf
 
-__all__ = ['save_hub_folder', 'install_into_hf_cache', 'push_to_hub', 'missing_weights_message']
+__all__ = ['save_hub_folder', 'install_into_hf_cache', 'push_to_hub', 'MissingWeightsError',
+           'missing_weights_message']
 
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
@@ -126,17 +127,23 @@ def push_to_hub(
         repo_id=repo_id, folder_path=folder, repo_type='model', commit_message=commit_message)
 
 
+class MissingWeightsError(RuntimeError):
+    """Pretrained weights that neither the Hub nor its local cache could give."""
+
+
 def missing_weights_message(variant: str, repo_id: str | None, error: BaseException) -> str:
-    """Explain a failed pretrained-weights download: which repo was tried and how to get the weights."""
-    release_folder = f'hub/{repo_id.split("/")[-1]}' if repo_id else 'hub/<model>.<tag>'
+    """Explain a failed pretrained-weights download: the first line alone says what failed and the fix, the
+    rest gives the details and the other ways to get the weights."""
+    offline = int(constants.HF_HUB_OFFLINE)
     return (
-        f'Could not get pretrained weights for {variant!r} from the Hugging Face Hub repo {repo_id!r} '
-        f'(HF_HUB_OFFLINE={int(constants.HF_HUB_OFFLINE)}, cache {constants.HF_HUB_CACHE}): '
-        f'{type(error).__name__}: {error}\n'
-        f'Get the weights in one of these ways:\n'
-        f'  - go online (unset HF_HUB_OFFLINE) and retry, or download ahead with `hf download {repo_id}`;\n'
-        f'  - install the release folder committed in the timm-gam repository into the cache:\n'
+        f'no weights for {variant!r} in the Hugging Face Hub cache ({constants.HF_HUB_CACHE}) and the Hub '
+        f'repo {repo_id!r} could not be reached (HF_HUB_OFFLINE={offline}): run it once online, or pass '
+        f'--checkpoint RUN/checkpoint.pt for weights of your own\n'
+        f'  cause: {type(error).__name__}: {error}\n'
+        f'Other ways to get the weights:\n'
+        f'  - on a machine with the network, `hf download {repo_id}`, then copy its Hub cache here;\n'
+        f'  - from a git checkout of timm-gam, whose hub/ folder holds the released weights:\n'
         f'      python -c "from timm_gam.hub import install_into_hf_cache; '
-        f"install_into_hf_cache('{release_folder}', '{repo_id}')\"\n"
+        f"install_into_hf_cache('hub/{(repo_id or 'org/<model>.<tag>').split('/')[-1]}', '{repo_id}')\"\n"
         f'  - or create the model with pretrained=False.'
     )

@@ -26,7 +26,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import ResNet
 from torch import nn as nn
 
-from ..hub import missing_weights_message
+from ..hub import MissingWeightsError, missing_weights_message
 from ..layers import GroupedAttention
 
 __all__ = ['GamBottleneck', 'create_gam_resnet', 'reid_cfg']
@@ -154,14 +154,18 @@ def create_gam_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNe
         cfg = resolve_pretrained_cfg(
             variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
             pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
-        raise RuntimeError(missing_weights_message(variant, cfg.hf_hub_id, err)) from err
+        raise MissingWeightsError(missing_weights_message(variant, cfg.hf_hub_id, err)) from err
 
 
 def reid_cfg(**kwargs):
-    """Person re-ID defaults: 256x128 crops, the 2048-d embedding as classifier, ImageNet statistics."""
+    """Person re-ID defaults: 256x128 crops, the 2048-d embedding as classifier, ImageNet statistics.
+
+    ``crop_mode='squash'`` resizes the whole crop to the input size whatever its shape, as training did:
+    timm's default centre crop would cut the sides off a tracker's wider crops.
+    """
     return {
         'num_classes': 2048, 'input_size': (3, 256, 128), 'pool_size': (8, 4),
-        'crop_pct': 1.0, 'interpolation': 'bilinear',
+        'crop_pct': 1.0, 'crop_mode': 'squash', 'interpolation': 'bilinear',
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'conv1', 'classifier': 'fc',
         'license': 'apache-2.0', 'paper_name': PAPER_NAME, 'paper_ids': PAPER_URL,

@@ -74,12 +74,13 @@ class LoadedEmbedder:
 
 def trained_input_cfg(backbone: nn.Module, image_size: tuple[int, int]) -> dict:
     """Pretrained-cfg entries describing the recipe's preprocessing at ``image_size``, whatever the model's
-    own cfg says: the whole crop resized bilinearly (``crop_pct`` 1), ImageNet mean and std."""
+    own cfg says: the whole crop resized bilinearly whatever its shape (``crop_mode='squash'``, ``crop_pct``
+    1), ImageNet mean and std."""
     height, width = image_size
     reduction = backbone.feature_info[-1]['reduction']
     return {'input_size': (3, height, width), 'pool_size': (math.ceil(height / reduction),
                                                              math.ceil(width / reduction)),
-            'interpolation': 'bilinear', 'crop_pct': 1.0, 'crop_mode': 'center',
+            'interpolation': 'bilinear', 'crop_pct': 1.0, 'crop_mode': 'squash',
             'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD}
 
 

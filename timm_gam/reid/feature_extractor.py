@@ -7,24 +7,24 @@
     features = extractor([crop, pil_image])                        # RGB uint8 arrays of any size, PIL images
     extractor = FeatureExtractor('gam_resnet50_g4', checkpoint='runs/g4/checkpoint.pt')  # a training run
 
-Like torchreid's ``FeatureExtractor``, it hides the preprocessing: the input size, mean and std come
-from the weights' pretrained cfg (a checkpoint's is set to its trained input by
-:func:`~timm_gam.reid.embedding.load_embedder`), every input is resized as the recipe's evaluation
-resizes it, and the output is what retrieval compares (Euclidean distance of unit vectors). The same
-picture becomes the same model input whether it comes as a path, a PIL image or an array, so it gets
-the same features (bit for bit at the same place of a batch of the same size, to float rounding
-elsewhere: a batch's sums run in an order that depends on its shape).
+Like torchreid's ``FeatureExtractor``, it hides the preprocessing, and it is timm's own: the transform is
+``timm.data.create_transform(**resolve_data_config({}, model=model))`` of the weights' pretrained cfg (a
+checkpoint's is set to its trained input by :func:`~timm_gam.reid.embedding.load_embedder`), exactly what
+the model card's timm snippet builds, so the two cannot drift. That cfg says ``crop_mode='squash'``: every
+crop is resized whole to the input size, whatever its shape, as training resized them. The output is what
+retrieval compares (Euclidean distance of unit vectors). The same picture becomes the same model input
+whether it comes as a path, a PIL image or an array, so it gets the same features (bit for bit at the same
+place of a batch of the same size, to float rounding elsewhere: a batch's sums run in an order that depends
+on its shape).
 
 It runs the model in eval mode without gradients, in batches, on the fastest path that gives the
 eager model's features within float rounding (``benchmarks/bench_extraction.py``, docs/performance.md):
-on a CPU, onnxruntime on the model exported to ONNX once per weights (cached on disk); on a GPU, or
-without onnxruntime, PyTorch with batch norm folded into the preceding convolutions (``torch.fx``'s
+on a CPU, onnxruntime on the model exported to ONNX once per weights (:mod:`timm_gam.onnx_cache`); on a
+GPU, or without onnxruntime, PyTorch with batch norm folded into the preceding convolutions (``torch.fx``'s
 ``fuse``).
 """
-import hashlib
+import logging
 import os
-import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,14 +34,15 @@ import torch
 from PIL import Image
 from torch.fx.experimental.optimization import fuse
 
+from ..onnx_cache import OnnxRuntimeModel
 from .datasets import load_image, to_rgb
 from .embedding import LoadedEmbedder, load_embedder, resolve_device
-from .transforms import build_eval_transform
 
 __all__ = ['FeatureExtractor', 'fold_batch_norm', 'BACKENDS']
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 BACKENDS = ('auto', 'onnxruntime', 'torch')
+logger = logging.getLogger(__name__)
 
 
 def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
@@ -50,51 +51,14 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
     Batch norm in eval mode is an affine map per channel, so it folds exactly into the convolution
     before it; the copy computes the same function up to float rounding, with one pass over each
     activation fewer. The copy is for inference only (its batch norms are gone). A model that
-    ``torch.fx`` cannot trace is returned as it is, with a warning.
+    ``torch.fx`` cannot trace is returned as it is, with a logged warning.
     """
     try:
         return fuse(model.eval(), inplace=False)
     except Exception as error:  # tracing fails in many ways (data-dependent control flow, unsupported ops)
-        warnings.warn(f'batch norm not folded, running the model as it is: torch.fx could not trace it '
-                      f'({type(error).__name__}: {error})', stacklevel=2)
+        logger.warning('batch norm not folded, running the model as it is: torch.fx could not trace it '
+                       '(%s: %s)', type(error).__name__, error)
         return model
-
-
-class OnnxRuntimeModel:
-    """The embedding model exported to ONNX and run by onnxruntime's CPU provider.
-
-    The export (seconds) is cached under ``cache_dir`` by a digest of the weights, the input size and
-    the torch version, so a second extractor for the same weights starts at once.
-    """
-
-    def __init__(self, loaded: LoadedEmbedder, cache_dir: str | os.PathLike | None = None):
-        import onnxruntime
-
-        from ..onnx_export import export_onnx
-
-        cache = Path(cache_dir or os.environ.get('TIMM_GAM_CACHE', Path.home() / '.cache' / 'timm-gam'))
-        architecture = loaded.backbone.pretrained_cfg.get('architecture', 'model')
-        path = cache / 'onnx' / f'{architecture}-{_weights_digest(loaded)}.onnx'
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=path.parent) as scratch:  # renamed whole, never half-written
-                os.replace(export_onnx(loaded, Path(scratch) / path.name), path)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        self.path = path
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        (embeddings,) = self.session.run(['embeddings'], {'images': batch.contiguous().numpy()})
-        return torch.from_numpy(embeddings)
-
-
-def _weights_digest(loaded: LoadedEmbedder) -> str:
-    digest = hashlib.sha256(f'{loaded.image_size} {torch.__version__}'.encode())
-    for name, tensor in loaded.embedder.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _onnxruntime_available() -> bool:
@@ -150,8 +114,7 @@ class FeatureExtractor:
         self.batch_size = batch_size
         self.data_config = timm.data.resolve_data_config({}, model=self.loaded.backbone)
         self.image_size = tuple(self.data_config['input_size'][1:])
-        self.transform = build_eval_transform(self.image_size, mean=self.data_config['mean'],
-                                              std=self.data_config['std'])
+        self.transform = timm.data.create_transform(**self.data_config)
         if backend == 'auto':
             backend = 'onnxruntime' if self.device.type == 'cpu' and _onnxruntime_available() else 'torch'
         if backend == 'onnxruntime' and self.device.type != 'cpu':
