@@ -1,54 +1,18 @@
-"""``timm-gam``: one command for the project's jobs.
+"""The jobs behind the ``timm-gam`` command, run once :mod:`timm_gam_cli` has parsed and checked them.
 
-    timm-gam train [ARGS]       recipes/unsup_reid.py: label-free training (--help lists its flags)
-    timm-gam eval [ARGS]        recipes/unsup_reid.py --eval-only
-    timm-gam publish [ARGS]     recipes/publish.py: a checkpoint as a Hub folder, uploaded
-    timm-gam export [ARGS]      recipes/export_onnx.py: ONNX, checked with onnxruntime
-    timm-gam visualize [ARGS]   recipes/visualize.py: attention maps, ranked lists, t-SNE, curves
-    timm-gam extract --model NAME|--checkpoint PATH --images DIR --output FILE.npz
-    timm-gam search --features FILE.npz --query IMAGE... [--top-k 10] [--output ranks.png]
-
-The first five hand their arguments to the recipes, which stay the readable entry points; ``extract``
-and ``search`` index a folder of person crops and query it (:mod:`timm_gam.reid.gallery`).
+The recipe subcommands hand their arguments to the recipes, which stay the readable entry points;
+``extract`` and ``search`` index a folder of person crops and query it (:mod:`timm_gam.reid.gallery`).
 """
-import argparse
+import logging
 import sys
 from pathlib import Path
 
-RECIPE_COMMANDS = {  # subcommand: (recipe module, arguments put before the user's)
-    'train': ('unsup_reid', []),
-    'eval': ('unsup_reid', ['--eval-only']),
-    'publish': ('publish', []),
-    'export': ('export_onnx', []),
-    'visualize': ('visualize', []),
-}
+from timm_gam_cli import RECIPE_COMMANDS
+from timm_gam_cli import main as main  # python -m timm_gam.cli is the timm-gam command
 
+__all__ = ['run', 'run_recipe', 'main']
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog='timm-gam', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
-    for name, (module, _) in RECIPE_COMMANDS.items():
-        commands.add_parser(name, help=f'recipes/{module}.py', add_help=False)
-
-    extract = commands.add_parser('extract', help='features of every image under a folder, saved as .npz')
-    extract.add_argument('--model', help='registered name or hf-hub:org/name: its pretrained weights '
-                                         '(default gam_resnet50_g4)')
-    extract.add_argument('--checkpoint', help='a checkpoint.pt of recipes/unsup_reid.py: its weights instead')
-    extract.add_argument('--images', required=True, help='folder of person crops, read recursively')
-    extract.add_argument('--output', required=True, help='.npz file: features, paths, model and its cfg')
-    extract.add_argument('--batch-size', type=int, default=32)
-    extract.add_argument('--device', default='auto')
-
-    search = commands.add_parser('search', help='the nearest gallery images of query images')
-    search.add_argument('--features', required=True, help='.npz written by timm-gam extract')
-    search.add_argument('--query', required=True, nargs='+', help='query image files')
-    search.add_argument('--top-k', type=int, default=10)
-    search.add_argument('--index', choices=('auto', 'exact', 'hnsw'), default='auto',
-                        help='faiss index: exact (flat), hnsw (approximate, for millions), auto (by size)')
-    search.add_argument('--output', help='PNG of the ranked lists (default: print them only)')
-    search.add_argument('--device', default='auto')
-    return p.parse_args(argv)
+MAX_NAMED_SKIPPED = 5  # unreadable files named on the summary line; the log names every one
 
 
 def run_recipe(name: str, argv: list[str]) -> int:
@@ -62,17 +26,37 @@ def run_recipe(name: str, argv: list[str]) -> int:
     return 0
 
 
+def _skipped_line(skipped: list[str]) -> str:
+    if not skipped:
+        return ''
+    named = ', '.join(skipped[:MAX_NAMED_SKIPPED])
+    more = f' and {len(skipped) - MAX_NAMED_SKIPPED} more' if len(skipped) > MAX_NAMED_SKIPPED else ''
+    return f'; skipped {len(skipped)} unreadable file(s): {named}{more}'
+
+
 def extract(args) -> int:
     from .reid.feature_extractor import FeatureExtractor
     from .reid.gallery import extract_gallery
 
     extractor = FeatureExtractor(args.model, checkpoint=args.checkpoint, device=args.device,
                                  batch_size=args.batch_size)
-    gallery = extract_gallery(extractor, args.images, progress=sys.stderr.isatty())
+    gallery = extract_gallery(extractor, args.images)
     path = gallery.save(args.output)
-    skipped = f', skipped {gallery.skipped} unreadable file(s)' if gallery.skipped else ''
-    print(f'[extract] {len(gallery.paths)} images under {args.images}: {extractor}{skipped} -> {path}')
+    print(f'[extract] {len(gallery.paths)} images under {args.images}: {extractor}'
+          f'{_skipped_line(gallery.skipped)} -> {path}')
     return 0
+
+
+def _load_queries(paths: list[str]):
+    from .reid.datasets import ImageLoadError, load_image
+
+    queries = []
+    for path in paths:
+        try:
+            queries.append((path, load_image(path)))
+        except ImageLoadError:
+            raise ValueError(f'query {path} is not a readable image: pass image files to --query') from None
+    return queries
 
 
 def search(args) -> int:
@@ -80,10 +64,10 @@ def search(args) -> int:
     from .reid.gallery import Gallery, search_gallery
 
     gallery = Gallery.load(args.features)
+    queries = _load_queries(args.query)  # before the model: a bad query should not wait for the weights
     extractor = gallery.extractor(device=args.device)
-    queries = [(path, load_image(path)) for path in args.query]
     distances, indices = search_gallery(gallery.features, extractor([image for _, image in queries]).numpy(),
-                                        top_k=args.top_k, index=args.index)
+                                        top_k=args.top_k, index=args.index, gallery_file=args.features)
     root = Path(gallery.root)
     for (name, _), row_distances, row_indices in zip(queries, distances, indices, strict=True):
         print(f'{name}:')
@@ -102,15 +86,27 @@ def search(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in RECIPE_COMMANDS:
-        return run_recipe(argv[0], argv[1:])
-    args = parse_args(argv)
+def _one_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def run(args, argv: list[str]) -> int:
+    """Run a parsed, checked command; errors the user can fix are one line and exit status 2."""
+    # the library's messages (ONNX cache, skipped files) go through logging: the command shows timm-gam's,
+    # not the INFO lines of every library beneath it
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter('[%(name)s] %(message)s'))
+    library = logging.getLogger('timm_gam')
+    library.addHandler(handler)
+    library.setLevel(logging.INFO)
+    from .hub import MissingWeightsError
+
     try:
+        if args.command == 'eval':
+            return run_recipe('eval', argv[1:])
         return {'extract': extract, 'search': search}[args.command](args)
-    except (ValueError, FileNotFoundError) as error:  # bad input: one line naming it and the fix
-        print(f'error: {error}', file=sys.stderr)
+    except (ValueError, OSError, MissingWeightsError) as error:  # OSError: the Hub, the disk
+        print(f'timm-gam {args.command}: error: {_one_line(error)}', file=sys.stderr)
         return 2
 
 
