@@ -12,6 +12,7 @@ import pytest
 import safetensors.torch
 import timm
 import torch
+from huggingface_hub import ModelCard
 from recipe_scripts import load_recipe
 from release_checkpoints import tiny_training_run
 from test_hub import assert_same_tensors, run_offline
@@ -75,6 +76,19 @@ def test_card_reports_what_publish_measured(tiny_run, published):
     assert "timm.create_model('test_convnext', pretrained=True)" in card and 'F.normalize' in card
     assert 'synthetic' in card and 'parameters' in card and 'GMACs' in card
     assert 'fp16 weights' in (published[1] / 'README.md').read_text()
+
+
+def test_card_metadata_is_the_hubs_and_repeats_the_table(tiny_run, published):
+    _, metrics, _, data_root = tiny_run
+    card = ModelCard.load(published[0] / 'README.md')
+    assert card.data.pipeline_tag == 'image-feature-extraction'
+    assert card.data.license == 'apache-2.0'  # synthetic images: no third-party terms
+    values = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert values == {'rank1': round(metrics['rank1'], 1), 'mAP': round(metrics['mAP'], 1)}
+    baseline = release.measure_colour_histogram(data_root)
+    row = ' | '.join(f'{baseline[k]:.1f}' for k in ('rank1', 'rank5', 'rank10', 'mAP'))
+    assert 'colour histogram' in card.text and f'| {row} |' in card.text
+    assert '@inproceedings{nikhal2021unsupervised' in card.text
 
 
 def test_folders_load_offline_with_the_published_tensors(tiny_run, published, tmp_path):

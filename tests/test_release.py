@@ -12,6 +12,7 @@ import pytest
 import safetensors.torch
 import timm
 import torch
+from huggingface_hub import ModelCard
 from test_hub import run_offline
 
 import timm_gam  # noqa: F401  registers the models
@@ -86,6 +87,29 @@ def test_release_folder_is_complete_small_and_registered(release):
                 'crop_mode'):
         assert json.loads(json.dumps(registered[key])) == saved[key], key  # tuples as config.json has lists
     assert saved['crop_mode'] == 'squash'  # training resized whole crops: timm must not cut out the centre
+
+
+@pytest.mark.parametrize('release', RELEASES, ids=lambda r: r.name)
+def test_every_card_follows_the_hubs_metadata_and_matches_its_table(release):
+    card = ModelCard.load(release / 'README.md')  # huggingface_hub's own parser, as the Hub reads it
+    data = card.data
+    assert data.pipeline_tag == 'image-feature-extraction' and data.library_name == 'timm'
+    assert data.license == 'other' and data.license_name and data.license_link
+    assert data.datasets == ['market1501']
+    table = card_metrics(release)
+    results = {r.metric_type: r for r in data.eval_results}
+    assert results.keys() == {'rank1', 'mAP'}
+    for key, result in results.items():
+        assert result.metric_value == table[key], key
+        assert '100-identity' in result.dataset_name and result.dataset_split
+    text = card.text
+    words = ' '.join(text.split())
+    assert '100-identity subset of Market-1501' in words and 'not comparable with published' in words
+    assert '| 29.1 | 46.4 | 55.5 | 14.7 |' in text  # the colour histogram on the same split (docs/results.md)
+    assert 'pip install' in text and '@inproceedings{nikhal2021unsupervised' in text
+    stages = json.loads(re.search(r'--stages (\d+)', text)[1]) if '--stages' in text else None
+    stopped = re.search(r'in stage (\d+) \(stages 0 to (\d+)\)', text)
+    assert stopped is None or int(stopped[2]) == stages
 
 
 def test_pretrained_true_loads_the_committed_weights(hf_cache, tmp_path):

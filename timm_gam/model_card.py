@@ -4,8 +4,10 @@ The card states only what was measured: rank-1/5/10 and mAP either measured by t
 the published (possibly fp16-rounded) weights, or copied from the checkpoint's own evaluation history and
 labelled so; parameters and GMACs counted on the released model; the training time and epochs the
 checkpoint recorded. It names data sets, never paths on the machine that trained: a reader on the Hub
-has only the name to go by.
+has only the name to go by. Its metadata is written by huggingface_hub (:mod:`timm_gam.card_metadata`).
 """
+import os
+import re
 import shlex
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -13,11 +15,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .card_metadata import CITATION, INSTALL, baseline_paragraph, card_data, split_note, with_metadata
 from .reid.embedding import LoadedEmbedder
 from .reid.trainer import TrainConfig
 
 __all__ = ['RESEARCH_ONLY_DATASETS', 'count_gmacs', 'recipe_command', 'settings_without_flag',
-           'model_card', 'dtype_name']
+           'model_card', 'refresh_release_card', 'dtype_name']
 
 # data sets whose terms allow research use only; weights trained on them inherit the restriction
 RESEARCH_ONLY_DATASETS = {'market1501': 'Market-1501', 'dukemtmc': 'DukeMTMC-reID'}
@@ -106,6 +109,19 @@ def _data_description(config: dict, num_train_images: int) -> tuple[str, str]:
             f'same terms (licence "other"); the timm-gam code is Apache-2.0.')
 
 
+def _research_only(data_folder: str | None) -> bool:
+    return data_folder is not None and any(key in data_folder.lower() for key in RESEARCH_ONLY_DATASETS)
+
+
+def _data_folder(root: str | None) -> str | None:
+    return None if root is None else Path(root).name
+
+
+def _stage_of(stage: int, stages: int) -> str:
+    """Where a stopped run was: stages are numbered from 0, ``stages`` merge stages after stage 0."""
+    return f'in stage {stage} (stages 0 to {stages})'
+
+
 def _metrics_section(metrics: dict | None, measured_by_publish: bool, dtype: torch.dtype) -> str:
     if metrics is None:
         return ('Not measured for these weights: the checkpoint was saved in the middle of a stage, after '
@@ -123,7 +139,7 @@ def _metrics_section(metrics: dict | None, measured_by_publish: bool, dtype: tor
         source = ('Copied from the training checkpoint\'s own evaluation after its last stage (stage '
                   f'{metrics["stage"]}) on the query/gallery split of {_data_name(metrics["data_root"])}, '
                   'fp32 weights, Market-1501 protocol, percent. Not re-measured by the publish command.')
-    return f'{source}\n\n{table}'
+    return f'{source}\n\n{table}\n{split_note(_data_folder(metrics["data_root"]))}'
 
 
 def _card_output(config: dict) -> str:
@@ -156,9 +172,11 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def model_card(loaded: LoadedEmbedder, repo_id: str, *, metrics: dict | None, measured_by_publish: bool,
-               dtype: torch.dtype = torch.float32, hardware: str | None = None) -> str:
+               dtype: torch.dtype = torch.float32, hardware: str | None = None,
+               baseline: dict | None = None) -> str:
     """The ``README.md`` of a Hub folder: what the model is, how to use it, data and licence, the recipe
-    command, what was measured, size and cost, how it was trained, and its limitations."""
+    command, what was measured (beside the colour histogram ``baseline`` on the same split, when given),
+    size and cost, how it was trained, its limitations and the paper to cite."""
     checkpoint = loaded.checkpoint
     config, state = checkpoint.config, checkpoint.state
     model_name, embed_dim = checkpoint.model_name, checkpoint.embed_dim
@@ -184,8 +202,8 @@ def model_card(loaded: LoadedEmbedder, repo_id: str, *, metrics: dict | None, me
     if finished:
         progress = 'the full schedule'
     elif budget is not None and state.train_seconds >= budget * 60:
-        progress = (f'stopped by its time budget of {budget:g} training minutes, in stage {state.stage} of '
-                    f'{config["stages"] + 1}')
+        progress = (f'stopped by its time budget of {budget:g} training minutes, '
+                    f'{_stage_of(state.stage, config["stages"])}')
     else:
         progress = f'an unfinished run: {len(stages)} of {config["stages"] + 1} stages completed'
     hardware_line = hardware or f'device setting `{config["device"]}` (the checkpoint does not record more)'
@@ -194,16 +212,10 @@ def model_card(loaded: LoadedEmbedder, repo_id: str, *, metrics: dict | None, me
                    'does).\n'
                    if height * width < 256 * 128 else '')
     tag = repo_id.split('/')[-1]
-    return f"""---
-license: other
-library_name: timm
-tags:
-- image-feature-extraction
-- person-re-identification
-- timm
-- timm-gam
----
-# {tag}
+    data_folder = _data_folder(config['data_root'])
+    research_only = _research_only(data_folder)
+    metadata = card_data(tag, metrics, data_folder, research_only)
+    return with_metadata(metadata, f"""# {tag}
 
 A person re-identification embedding: timm's `{model_name}` whose classifier outputs a {embed_dim}-d
 embedding, trained **without identity labels** by the IDL + ACL recipe of Nikhal & Riggan, "Unsupervised
@@ -212,6 +224,7 @@ in timm-gam. Compare people by the Euclidean distance of the L2-normalised embed
 
 ## Usage
 
+{INSTALL}
 ```python
 import timm
 import torch.nn.functional as F
@@ -225,8 +238,7 @@ embedding = F.normalize(model(transform(image).unsqueeze(0)), dim=1)  # image: a
 
 ## Results
 
-{_metrics_section(metrics, measured_by_publish, dtype)}
-
+{_metrics_section(metrics, measured_by_publish, dtype)}{baseline_paragraph(baseline)}
 Reproduce with `python recipes/unsup_reid.py --eval-only --pretrained --model {model_name} --data-root DATA`
 (DATA: the data set's folder; the embedding and input sizes come from the weights).
 
@@ -266,4 +278,37 @@ The exact command (a run interrupted and continued adds `--resume`; DATA is the 
 - The figures are for a single training run (seed {config['seed']}); no variance over seeds was measured.
 - Person re-identification can be used to track people: use it only where the people filmed have agreed or
   the law allows it.
-"""
+
+## Citation
+
+{CITATION}""")
+
+
+def _table_row(text: str) -> dict:
+    """The rank-1/5/10 and mAP row of the first results table in ``text``."""
+    row = re.search(r'\| rank-1 \| rank-5 \| rank-10 \| mAP \|\n\|[-|]+\|\n\|([^\n]+)\|', text)
+    return dict(zip(('rank1', 'rank5', 'rank10', 'mAP'), map(float, row.group(1).split('|')), strict=True))
+
+
+def refresh_release_card(folder: str | os.PathLike, baseline: dict | None) -> str:
+    """A committed release's card brought to the current template without its checkpoint: the metadata
+    rebuilt from the card's own results table and data folder, the shared sections added.
+    The figures are the card's; nothing is measured again."""
+    folder = Path(folder)
+    text = (folder / 'README.md').read_text()
+    body = text.split('---\n', 2)[2] if text.startswith('---\n') else text
+    found = re.search(r'data folder `([^`]+)`', body)
+    data_folder = found.group(1) if found else None
+    research_only = _research_only(data_folder)
+    metrics = _table_row(body)
+    if '## Citation' not in body:
+        body = re.sub(r'in stage (\d+) of (\d+)', lambda m: _stage_of(int(m[1]), int(m[2]) - 1), body)
+        table_end = body.index('\n', body.index('| rank-1 | rank-5 |') + 1)
+        table_end = body.index('\n', body.index('\n', table_end + 1) + 1)
+        body = (body[:table_end + 1] + split_note(data_folder) + baseline_paragraph(baseline)
+                + body[table_end + 1:])
+        body = body.replace('## Usage\n\n', f'## Usage\n\n{INSTALL}\n', 1)
+        body = body.rstrip('\n') + f'\n\n## Citation\n\n{CITATION}'
+    card = with_metadata(card_data(folder.name, metrics, data_folder, research_only), body)
+    (folder / 'README.md').write_text(card)
+    return card
