@@ -53,7 +53,14 @@ PRESETS = {
     'cpu': dict(image_size=(64, 32), embed_dim=1024, batch_size=32, warmup_epochs=2, epochs_per_stage=1,
                 stages=12, merge_percent=0.08, size_update='refresh', max_cluster_size=40,
                 camera_centred_merge=True, lr_decay_epochs=10, channels_last=True, data_path='decoded',
-                workers=0),
+                workers=0, compile=True),
+    # the cpu recipe for the paper's length (20 warm-up epochs, then 20 stages of 2 epochs merging 4%, the
+    # rate dropping after 25 and 50 epochs), its warm-up trained with IDL alone (acl_from_stage=1): the
+    # recipe of the released weights' long run (docs/results.md)
+    'cpu-full': dict(image_size=(64, 32), embed_dim=1024, batch_size=32, warmup_epochs=20, epochs_per_stage=2,
+                     stages=20, merge_percent=0.04, size_update='refresh', max_cluster_size=40,
+                     camera_centred_merge=True, lr_decay_epochs=25, channels_last=True, data_path='decoded',
+                     workers=0, compile=True, acl_from_stage=1),
     # a whole schedule on 62 tiny synthetic training images in a minute: for tests, and for checking a
     # change end to end (kill/resume, torchrun) before a long run; --model test_convnext is fastest
     'smoke': dict(image_size=(64, 32), embed_dim=64, batch_size=16, warmup_epochs=2, epochs_per_stage=1,
@@ -116,6 +123,12 @@ def parse_args(argv=None):
     p.add_argument('--device', help='auto, cpu, cuda, cuda:1, ...')
     p.add_argument('--no-amp', dest='amp', action='store_false', default=None)
     p.add_argument('--channels-last', action='store_true', default=None)
+    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
+                   help='torch.compile the training step (the cpu preset does): minutes to compile once, '
+                        'then faster steps; needs a C++ compiler on a CPU')
+    p.add_argument('--acl-from-stage', type=int,
+                   help='first stage trained with ACL: 0 the paper (from the first step), 1 an IDL-only '
+                        'warm-up (beyond the paper)')
     p.add_argument('--resume', action='store_true', help='continue from OUTPUT/checkpoint.pt')
     p.add_argument('--eval-only', action='store_true',
                    help='evaluate --checkpoint or --pretrained weights on the query/gallery of --data-root')

@@ -45,6 +45,17 @@ def test_idl_alone_keeps_every_image_its_own_class(tmp_path):
     assert epochs and all(e['acl'] == 0 and e['idl'] > 0 for e in epochs)
 
 
+def test_idl_only_warm_up_then_acl(tmp_path):
+    # acl_from_stage=1: stage 0 trains IDL alone, the later stages merge and add ACL (Eq. 11)
+    config = tiny_config(tmp_path, model='test_efficientnet_gn', acl_from_stage=1)
+    metrics = train(config)
+    events = [json.loads(line) for line in open(f'{config.output}/log.jsonl')]
+    epochs = [e for e in events if e['event'] == 'epoch']
+    assert [e['acl'] == 0 for e in epochs] == [e['stage'] == 0 for e in epochs]
+    assert len([e for e in events if e['event'] == 'merge']) == config.stages
+    assert metrics['history'][-1]['num_clusters'] < metrics['num_train_images']
+
+
 def test_run_folder_has_valid_log_metrics_and_checkpoint(tiny_run):
     config, metrics = tiny_run
     lines = [json.loads(line) for line in open(f'{config.output}/log.jsonl')]

@@ -191,7 +191,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA when ``amp`` is on; none on the CPU, where it is slower than fp32."""
+    """Inference's autocast: bf16 on CUDA when ``amp`` is on; fp32 on every CPU, so that embeddings for
+    clustering and evaluation do not depend on whether the CPU has bf16 (training's is
+    :func:`~timm_gam.reid.fast_path.training_autocast_dtype`)."""
     return torch.bfloat16 if amp and device.type == 'cuda' else None
 
 

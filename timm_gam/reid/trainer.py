@@ -48,6 +48,7 @@ from .embedding import (
     resolve_device,
 )
 from .evaluation import evaluate_split, format_metrics, has_labels
+from .fast_path import compile_for_training, describe_training_path, training_autocast_dtype
 from .losses import acl_loss, idl_loss, instance_memory_loss
 from .memory import ClusterMemory
 from .run_log import RunLog
@@ -80,6 +81,9 @@ class TrainConfig:
     embed_dim: int = 2048
     image_size: tuple[int, int] = (256, 128)  # (height, width), paper 5.2
     loss: str = 'idl+acl'  # one of LOSSES
+    # the first stage whose training uses ACL: 0 is the paper (ACL of singletons from the first step), 1
+    # an IDL-only warm-up, so that the first merge clusters features IDL alone has shaped (beyond the paper)
+    acl_from_stage: int = 0
     temperature: float = 0.1  # tau of Eq. 4, 5 and 7
     idl_negatives: str = 'batch'  # one of IDL_NEGATIVES; 'memory' is beyond the paper
     memory_momentum: float = 0.5
@@ -103,8 +107,9 @@ class TrainConfig:
     workers: int = 2
     data_path: str = 'files'  # one of DATA_PATHS
     device: str = 'auto'
-    amp: bool = True  # bf16 autocast on CUDA
+    amp: bool = True  # bf16 autocast of the training step where the device computes bf16 (reid/fast_path.py)
     channels_last: bool = False
+    compile: bool = False  # torch.compile the training step where a compiler is (reid/fast_path.py)
     eval_batch_size: int = 128
     log_every: int = 50  # steps between 'step' lines in log.jsonl (and on stdout without a progress bar)
     # the time-to-accuracy protocol (docs/results.md): minutes of training, evaluations not counted
@@ -148,6 +153,7 @@ _INF = float('inf')
 # (field, lowest, highest, how the error says it); None passes where the field allows it
 _RANGES = (
     ('embed_dim', 1, _INF, 'a positive integer'), ('temperature', 1e-8, _INF, 'positive'),
+    ('acl_from_stage', 0, _INF, 'zero or more'),
     ('memory_momentum', 0, 1 - 1e-12, 'in [0, 1)'), ('batch_size', 1, _INF, 'a positive integer'),
     ('lr', 1e-12, _INF, 'positive'), ('momentum', 0, 1 - 1e-12, 'in [0, 1)'),
     ('weight_decay', 0, _INF, 'zero or positive'), ('lr_decay_epochs', 1, _INF, 'a positive integer'),
@@ -271,6 +277,11 @@ class Trainer:
         if self.group.is_distributed:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+        compiled = 'eager'
+        if config.compile:  # evaluation and clustering embed with the eager self.model: no recompiles
+            self.train_model, compiled = compile_for_training(self.train_model, self.device)
+        self.autocast = training_autocast_dtype(config.amp, self.device)
+        self.training_path = describe_training_path(self.device, self.autocast, compiled, config.channels_last)
         self.log = RunLog(self.output) if self.group.is_main else None
         self.started = time.time()
         self.clock = TrainingClock()
@@ -301,6 +312,8 @@ class Trainer:
     # -- the schedule ---------------------------------------------------------------------------
 
     def run(self, resume: bool = False) -> dict:
+        self._report('training_path', ', '.join(f'{k} {v}' for k, v in self.training_path.items()),
+                     **self.training_path)
         state = self._resume() if resume and self.checkpoint_path.exists() else self._fresh_state()
         self.clock = TrainingClock(state.train_seconds)
         while state.stage <= self.config.stages and not self._out_of_time():
@@ -357,13 +370,14 @@ class Trainer:
     def _begin_stage(self, state: RunState):
         """Embed the training set; from stage 1 on, merge clusters first (Eq. 9-10); rebuild M."""
         uses_instance_memory = 'idl' in self.config.loss and self.config.idl_negatives == 'memory'
-        if 'acl' not in self.config.loss and not (uses_instance_memory and state.instance_memory is None):
+        uses_acl = 'acl' in self.config.loss and state.stage >= self.config.acl_from_stage
+        if not uses_acl and not (uses_instance_memory and state.instance_memory is None):
             return  # in-batch IDL alone needs neither clusters nor memory
         embeddings = self.embed(self.splits.train)
         if uses_instance_memory and state.instance_memory is None:  # built once, then kept up to date
             state.instance_memory = ClusterMemory.from_embeddings(
                 embeddings, torch.arange(len(embeddings)), self.config.memory_momentum).to(self.device)
-        if 'acl' not in self.config.loss:
+        if not uses_acl:
             return
         if state.stage > 0:
             num_clusters = int(state.cluster_labels.max()) + 1
@@ -494,12 +508,14 @@ class Trainer:
     def _train_one_epoch(self, loader: DataLoader, state: RunState, desc: str) -> dict:
         """One pass over the shuffled training set; mean losses and images per second."""
         config, device, group = self.config, self.device, self.group
-        use_idl, use_acl = 'idl' in config.loss, 'acl' in config.loss
+        use_idl = 'idl' in config.loss
+        use_acl = 'acl' in config.loss and state.stage >= config.acl_from_stage
         instance_memory = use_idl and config.idl_negatives == 'memory'
-        amp_dtype = autocast_dtype(config.amp, device)
+        amp_dtype = self.autocast
         self.train_model.train()
         totals = {'loss': 0.0, 'idl': 0.0, 'acl': 0.0}
         seen, steps, start = 0, 0, time.perf_counter()
+        window_seen, window_start = 0, start  # the step lines' rate: the last log_every steps only
         eval_every = config.eval_every_min
         bar = tqdm(loader, desc=desc, unit='batch', dynamic_ncols=True, leave=False,
                    disable=not (group.is_main and _progress_enabled()))
@@ -508,6 +524,7 @@ class Trainer:
                                                                  memory_format=_memory_format(config))
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 embeddings = self.train_model(views)
+            embeddings = embeddings.float()  # the losses' similarities / tau need fp32's precision
             local_batch = len(anchor_view)
             # losses over the global batch, identical on every rank (see all_gather_keeping_grad)
             anchor = all_gather_keeping_grad(embeddings[:local_batch], group)
@@ -534,6 +551,7 @@ class Trainer:
                 state.instance_memory.update(anchor.detach(), images)
 
             seen += len(anchor)
+            window_seen += len(anchor)
             steps += 1
             state.steps += 1
             state.step_in_epoch += 1
@@ -542,6 +560,9 @@ class Trainer:
             images_per_s = seen / (time.perf_counter() - start)
             bar.set_postfix(loss=f'{loss.item():.3f}', img_s=f'{images_per_s:.1f}')
             if steps % config.log_every == 0:
+                now = time.perf_counter()
+                # the rate of the last log_every steps: the epoch's mean would hide a first step that compiled
+                images_per_s, window_seen, window_start = window_seen / (now - window_start), 0, now
                 eta_min = (len(loader) - steps) * len(anchor) / max(images_per_s, 1e-9) / 60
                 # the progress bar already shows this; without one (logs, CI), print it
                 message = None if not bar.disable else (
