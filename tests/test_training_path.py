@@ -63,7 +63,8 @@ def test_compiled_step_computes_the_eager_step():
 
 def test_bf16_gradients_point_where_fp32_ones_do():
     torch.manual_seed(0)
-    model = timm.create_model('gam_resnet50_g16', num_classes=16).train().to(memory_format=torch.channels_last)
+    model = timm.create_model('gam_resnet50_g16', num_classes=16).train()
+    model.to(memory_format=torch.channels_last)
     images = torch.randn(4, 3, 64, 32).contiguous(memory_format=torch.channels_last)
     _, fp32 = _step(model, images)
     with torch.autocast('cpu', dtype=torch.bfloat16):

@@ -281,7 +281,8 @@ class Trainer:
         if config.compile:  # evaluation and clustering embed with the eager self.model: no recompiles
             self.train_model, compiled = compile_for_training(self.train_model, self.device)
         self.autocast = training_autocast_dtype(config.amp, self.device)
-        self.training_path = describe_training_path(self.device, self.autocast, compiled, config.channels_last)
+        self.training_path = describe_training_path(self.device, self.autocast, compiled,
+                                                    config.channels_last)
         self.log = RunLog(self.output) if self.group.is_main else None
         self.started = time.time()
         self.clock = TrainingClock()
