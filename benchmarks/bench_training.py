@@ -1,145 +1,232 @@
-"""Training-step and embedding-extraction throughput of GAM ResNets against timm's ResNet-50, side by side.
+"""The training step of the GAM ResNets against timm's ResNet-50 on this machine: images/s, FLOP/s, the
+share of the CPU's peak, and the oneDNN kernel behind each convolution.
 
-    python benchmarks/bench_training.py [--models resnet50 gam_resnet50_g4 ...] [--formats nchw channels_last]
-                                        [--batch 32] [--infer-batch 32] [--repeats 3] [--threads 2]
-                                        [--image-size 256 128] [--compile] [--profile TOP]
+    python benchmarks/bench_training.py                     # docs/performance.md's table (long: compiles)
+    python benchmarks/bench_training.py --models resnet50 gam_resnet50_g4 --sizes 64x32 \
+        --paths eager-fp32 fast
+    python benchmarks/bench_training.py --models resnet50 --paths eager-fp32 \\
+        --recipe-data-root ../shared/data/market1501-dev    # + the cpu preset's own images/s, from its log
 
-One training step is what the re-ID trainer does per batch, minus data loading: forward, a loss,
-backward and an SGD step with momentum and weight decay, on ``--batch`` images of 3x256x128 (the trainer
-forwards both IDL views together, so its ``batch_size=32`` is a forward of 64 images; pass ``--batch 64``
-for that). Inference is ``ReidEmbedder`` (model + L2 normalisation) under ``torch.no_grad`` in eval mode,
-as ``extract_embeddings`` runs it. Every repeat times each (model, memory format) once, interleaved, so a
-change in machine load hits all of them alike; the table gives medians and ratios to the resnet50 of the
-same memory format and to resnet50 in the default (nchw) format. ``--profile`` then shows where one
-training step's time goes: the operators taking the most CPU time (torch.profiler, self time, the
-share of the step), for each model and format. ``--compile`` adds each model and format under
-``torch.compile``; the table's last column, the first step's seconds, is then the compile time to set
-against what the faster steps save over a run.
+One step is the trainer's: a forward and backward of ``--views`` images (the trainer's batch of 32
+images is 64 views, both IDL views), a loss of the 1024-d embeddings' similarities, an SGD step with
+Nesterov momentum and weight decay. Images/s counts images of two views each, as the recipe's log does.
+The paths:
+
+* ``eager-fp32``: timm as it comes (NCHW, fp32, eager). resnet50 on this path is the baseline of every
+  ratio.
+* ``fast-eager``: channels_last, and bf16 autocast where the CPU computes bf16 (reid/fast_path.py).
+* ``fast``: ``fast-eager`` compiled (torch.compile), the path the ``cpu`` presets train on. Its first
+  step, reported, is the compile time.
+
+Each repeat times every contender once, interleaved, so a change in load hits them alike. FLOPs are
+counted once per model and size by ``torch.utils.flop_counter`` (forward and backward, 2 per
+multiply-add of the convolutions and matrix products). The peak is ``cores x clock x FP32 FLOP per
+cycle`` (:func:`cpu_peak_flops`), from ``lscpu``. ``--kernels`` runs one fast-eager step of each model under
+``ONEDNN_VERBOSE=1`` and tallies which oneDNN implementation ran each convolution pass and its time.
+``--recipe-data-root`` also trains the ``cpu`` preset for ``--recipe-minutes`` and reads its steady
+images/s from its own log (the median of its step lines after the first, which holds the compile).
 """
 import argparse
-import platform
+import collections
+import json
+import os
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import timm_gam  # noqa: F401  registers the models
 from timm_gam.reid import create_embedder
+from timm_gam.reid.fast_path import compile_for_training, cpu_model_name, training_autocast_dtype
 
-MEMORY_FORMATS = {'nchw': torch.contiguous_format, 'channels_last': torch.channels_last}
-BASELINE = 'resnet50'
-GAM_MODELS = ['gam_resnet50_g2', 'gam_resnet50_g4', 'gam_resnet50_g8', 'gam_resnet50_g16']
+BASELINE = ('resnet50', 'eager-fp32')
+MODELS = ['resnet50', 'gam_resnet50_g2', 'gam_resnet50_g4', 'gam_resnet50_g8', 'gam_resnet50_g16',
+          'cbam_resnet50']
+PATHS = ('eager-fp32', 'fast-eager', 'fast')
+RECIPE = Path(__file__).resolve().parents[1] / 'recipes' / 'unsup_reid.py'
+
+
+def lscpu() -> dict:
+    """``lscpu``'s fields by name ('Model name', 'CPU(s)', 'Flags', ...); empty where it is missing."""
+    try:
+        out = subprocess.run(['lscpu'], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(':') for line in out.splitlines())}
+
+
+def cpu_peak_flops(info: dict, threads: int) -> tuple[float, str]:
+    """FP32 peak of ``threads`` cores, and how it was worked out.
+
+    FLOP per cycle and core: two FMA pipes of 8 floats (AVX2) = 32; AVX-512 doubles it on Intel cores
+    with two 512-bit FMA pipes, while AMD's Zen 4 runs AVX-512 on its 256-bit pipes (still 32). The clock
+    is lscpu's 'CPU max MHz' where the machine reports it, else half the BogoMIPS (a VM's TSC rate).
+    """
+    flags = set(info.get('Flags', '').split())
+    amd = info.get('Vendor ID') == 'AuthenticAMD'
+    per_cycle = 64 if 'avx512f' in flags and not amd else 32 if 'fma' in flags else 16
+    if info.get('CPU max MHz'):
+        ghz, clock = float(info['CPU max MHz']) / 1000, 'CPU max MHz'
+    else:
+        ghz, clock = float(info.get('BogoMIPS', 0)) / 2000, 'BogoMIPS / 2'
+    peak = threads * ghz * 1e9 * per_cycle
+    how = (f'{threads} cores x {ghz:.2f} GHz ({clock}) x {per_cycle} FP32 FLOP/cycle '
+           f'({"AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"}'
+           f'{", AMD: 256-bit FMA pipes" if amd else ""}) = {peak / 1e9:.0f} GFLOP/s')
+    return peak, how
+
+
+def make_step(model_name: str, path: str, views: int, image_size, embed_dim: int = 1024):
+    """A function running one training step of ``model_name`` on ``path``, and its input."""
+    torch.manual_seed(0)
+    fmt = torch.contiguous_format if path == 'eager-fp32' else torch.channels_last
+    model = create_embedder(model_name, embed_dim).to(memory_format=fmt).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    autocast = None if path == 'eager-fp32' else training_autocast_dtype(True, torch.device('cpu'))
+    forward = compile_for_training(model, torch.device('cpu'))[0] if path == 'fast' else model
+    images = torch.randn(views, 3, *image_size).contiguous(memory_format=fmt)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast('cpu', dtype=autocast, enabled=autocast is not None):
+            embeddings = forward(images)
+        embeddings = embeddings.float()
+        # any scalar of the similarities costs the backward that the IDL/ACL losses' few products cost
+        (embeddings @ embeddings.t() / 0.1).logsumexp(1).mean().backward()
+        optimizer.step()
+    return step, model, images
+
+
+def step_flops(model_name: str, views: int, image_size) -> int:
+    step, _, _ = make_step(model_name, 'eager-fp32', views, image_size)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
 
 
 class Contender:
-    """One model in one memory format, with its own optimizer and inputs, timed one step at a time."""
-
-    def __init__(self, model_name: str, memory_format: str, batch: int, infer_batch: int, image_size,
-                 compiled: bool = False):
-        self.model_name, self.memory_format = model_name, memory_format
-        if compiled:
-            self.memory_format += ', compiled'
-        fmt = MEMORY_FORMATS[memory_format]
-        self.model = create_embedder(model_name).to(memory_format=fmt)
-        if compiled:
-            self.model.compile()  # torch.compile in place: the training step's forward and backward
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        self.train_images = torch.randn(batch, 3, *image_size).contiguous(memory_format=fmt)
-        self.infer_images = torch.randn(infer_batch, 3, *image_size).contiguous(memory_format=fmt)
-        self.train_times, self.infer_times = [], []
-
-    def train_step(self) -> float:
-        self.model.train()
+    def __init__(self, model_name: str, path: str, views: int, image_size):
+        self.model_name, self.path, self.image_size = model_name, path, tuple(image_size)
+        self.step, _, _ = make_step(model_name, path, views, image_size)
+        self.times = []
         start = time.perf_counter()
-        self.optimizer.zero_grad(set_to_none=True)
-        embeddings = self.model(self.train_images)
-        # any scalar of the embeddings costs the same backward as the IDL/ACL losses' few matrix products
-        (embeddings @ embeddings.t()).logsumexp(1).mean().backward()
-        self.optimizer.step()
-        return time.perf_counter() - start
+        self.step()  # oneDNN primitive creation, allocator; compilation on the fast path
+        self.first_step_s = time.perf_counter() - start
 
-    @torch.no_grad()
-    def infer_step(self) -> float:
-        self.model.eval()
+    def timed_step(self):
         start = time.perf_counter()
-        self.model(self.infer_images)
-        return time.perf_counter() - start
+        self.step()
+        self.times.append(time.perf_counter() - start)
 
 
-def run(contenders: list[Contender], repeats: int) -> None:
-    for contender in contenders:  # warm-up: oneDNN primitive creation, allocator, compilation
-        contender.first_step_s = contender.train_step()
-        contender.infer_step()
-    for _ in range(repeats):
-        for contender in contenders:
-            contender.train_times.append(contender.train_step())
-            contender.infer_times.append(contender.infer_step())
+def onednn_kernels(model_name: str, views: int, image_size) -> list[tuple]:
+    """(pass, implementation, shape, calls, ms) of the convolutions of one fast-eager step, as oneDNN names
+    them; the shape is oneDNN's problem descriptor (``g4ic64oc64_ih16oh16kh3...``) without the batch."""
+    code = ('import sys; sys.path.insert(0, sys.argv[1]); import bench_training as b; '
+            'size = (int(sys.argv[4]), int(sys.argv[5])); '
+            'step = b.make_step(sys.argv[2], "fast-eager", int(sys.argv[3]), size)[0]; '
+            'step(); print("=== timed step", flush=True); step()')
+    out = subprocess.run([sys.executable, '-c', code, str(Path(__file__).parent), model_name, str(views),
+                          *map(str, image_size)], capture_output=True, text=True, check=True,
+                         env={**os.environ, 'ONEDNN_VERBOSE': '1'}).stdout
+    tally = collections.defaultdict(lambda: [0, 0.0])
+    for line in out.split('=== timed step', 1)[-1].splitlines():
+        fields = line.split(',')
+        if len(fields) > 8 and fields[0] == 'onednn_verbose' and 'exec' in fields and 'convolution' in fields:
+            at = fields.index('convolution')
+            shape = re.sub(r'mb\d+_?', '', fields[-2])
+            entry = tally[(fields[at + 2], fields[at + 1], shape)]
+            entry[0] += 1
+            entry[1] += float(fields[-1])
+    return sorted(((*key, calls, ms) for key, (calls, ms) in tally.items()), key=lambda row: -row[-1])
 
 
-def print_table(contenders: list[Contender], batch: int, infer_batch: int) -> None:
-    def rate(times, images):
-        return images / statistics.median(times)
-
-    rates = {(c.model_name, c.memory_format): (rate(c.train_times, batch), rate(c.infer_times, infer_batch))
-             for c in contenders}
-
-    def ratio(key, base_key, index):
-        return f'{rates[key][index] / rates[base_key][index]:.2f}x' if base_key in rates else '-'
-
-    print('| model | memory format | train img/s | infer img/s | train / resnet50 same format '
-          '| infer / resnet50 same format | train / resnet50 nchw | infer / resnet50 nchw | first step s |')
-    print('|---|---|---|---|---|---|---|---|---|')
-    for c in contenders:
-        key = (c.model_name, c.memory_format)
-        same, nchw = (BASELINE, c.memory_format), (BASELINE, 'nchw')
-        ratios = ' | '.join(ratio(key, base, index) for base in (same, nchw) for index in (0, 1))
-        train, infer = rates[key]
-        # the first step includes compilation for compiled contenders: its cost against what a run saves
-        print(f'| {c.model_name} | {c.memory_format} | {train:.2f} | {infer:.2f} | {ratios} '
-              f'| {c.first_step_s:.1f} |')
-
-
-def print_profile(contender: Contender, top: int) -> None:
-    from torch.profiler import profile
-    with profile() as prof:
-        contender.train_step()
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_cpu_time_total for e in events)
-    print(f'\n{contender.model_name}, {contender.memory_format}: one training step, '
-          f'{total / 1e6:.2f} s of operator time')
-    print('| operator | share of the step | calls |')
-    print('|---|---|---|')
-    for event in events[:top]:
-        print(f'| {event.key} | {100 * event.self_cpu_time_total / total:.1f}% | {event.count} |')
+def recipe_images_per_s(data_root: str, minutes: float) -> tuple[float, dict]:
+    """The cpu preset's steady training images/s on ``data_root``, read from its own log.jsonl."""
+    with tempfile.TemporaryDirectory() as run:
+        subprocess.run([sys.executable, str(RECIPE), '--preset', 'cpu', '--data-root', data_root,
+                        '--output', run, '--time-budget-min', str(minutes), '--log-every', '20'],
+                       check=True, stdout=subprocess.DEVNULL, env={**os.environ, 'TIMM_GAM_PROGRESS': '0'})
+        events = [json.loads(line) for line in open(Path(run) / 'log.jsonl')]
+    rates = [e['images_per_s'] for e in events if e['event'] == 'step'][1:]
+    path = next(e for e in events if e['event'] == 'training_path')
+    if not rates:
+        raise SystemExit(f'the cpu preset logged too few steps in {minutes} minutes: raise --recipe-minutes')
+    return statistics.median(rates), path
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--models', nargs='+', default=[BASELINE, *GAM_MODELS, 'cbam_resnet50'])
-    p.add_argument('--formats', nargs='+', choices=list(MEMORY_FORMATS), default=['nchw', 'channels_last'])
-    p.add_argument('--batch', type=int, default=32, help='images per training step')
-    p.add_argument('--infer-batch', type=int, default=32, help='images per inference forward')
-    p.add_argument('--image-size', type=int, nargs=2, default=(256, 128), metavar=('HEIGHT', 'WIDTH'))
+    p.add_argument('--models', nargs='+', default=MODELS)
+    p.add_argument('--sizes', nargs='+', default=['64x32', '128x64'], help='HEIGHTxWIDTH inputs')
+    p.add_argument('--paths', nargs='+', choices=PATHS, default=list(PATHS))
+    p.add_argument('--views', type=int, default=64, help='images per forward (the trainer: 2 x batch size)')
     p.add_argument('--repeats', type=int, default=3)
-    p.add_argument('--threads', type=int, default=2)
-    p.add_argument('--compile', action='store_true',
-                   help='also time each model and format under torch.compile (first step: the compile time)')
-    p.add_argument('--profile', type=int, default=0, metavar='TOP',
-                   help='also list the TOP operators of one training step of each contender')
+    p.add_argument('--threads', type=int, default=os.cpu_count())
+    p.add_argument('--kernels', type=int, default=0, metavar='TOP',
+                   help="tally the oneDNN kernels of each model and size, and list the TOP dearest shapes")
+    p.add_argument('--recipe-data-root', help='also train the cpu preset here and read its images/s')
+    p.add_argument('--recipe-minutes', type=float, default=4.0)
     args = p.parse_args(argv)
-
-    torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    contenders = [Contender(name, fmt, args.batch, args.infer_batch, args.image_size, compiled)
-                  for name in args.models for fmt in args.formats
-                  for compiled in ((False, True) if args.compile else (False,))]
-    run(contenders, args.repeats)
-    print(f'# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch '
-          f'{torch.__version__}; train batch {args.batch}, infer batch {args.infer_batch}, '
-          f'{args.image_size[0]}x{args.image_size[1]}, median of {args.repeats} interleaved repeats')
-    print_table(contenders, args.batch, args.infer_batch)
-    for contender in [c for c in contenders if 'compiled' not in c.memory_format] if args.profile else ():
-        print_profile(contender, args.profile)
+    sizes = [tuple(int(v) for v in size.split('x')) for size in args.sizes]
+    info = lscpu()
+    peak, how = cpu_peak_flops(info, args.threads)
+    print(f'# {info.get("Model name", cpu_model_name())}, {args.threads} threads, torch {torch.__version__}, '
+          f'CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 autocast on the fast paths: '
+          f'{training_autocast_dtype(True, torch.device("cpu")) is not None}')
+    vector_flags = [f for f in info.get('Flags', '').split() if f.startswith(('avx', 'amx', 'fma'))]
+    print(f'# flags: {" ".join(vector_flags)}')
+    print(f'# peak: {how}')
+
+    for size in sizes:
+        contenders = [Contender(m, path, args.views, size) for m in args.models for path in args.paths]
+        flops = {m: step_flops(m, args.views, size) for m in args.models}
+        for _ in range(args.repeats):
+            for contender in contenders:
+                contender.timed_step()
+        rates = {(c.model_name, c.path): args.views / 2 / statistics.median(c.times) for c in contenders}
+        base = rates.get(BASELINE)
+        print(f'\n## {size[0]}x{size[1]}, {args.views} views per step, median of {args.repeats} interleaved '
+              'repeats')
+        print('| model | path | train img/s | / resnet50 eager-fp32 | GFLOP per step | GFLOP/s '
+              '| share of FP32 peak | first step s |')
+        print('|---|---|---|---|---|---|---|---|')
+        for c in contenders:
+            rate = rates[(c.model_name, c.path)]
+            flop_rate = flops[c.model_name] * rate * 2 / args.views
+            ratio = f'{rate / base:.2f}x' if base else '-'
+            print(f'| {c.model_name} | {c.path} | {rate:.1f} | {ratio} | {flops[c.model_name] / 1e9:.1f} '
+                  f'| {flop_rate / 1e9:.1f} | {100 * flop_rate / peak:.0f}% | {c.first_step_s:.1f} |')
+        if args.recipe_data_root and size == (64, 32):
+            recipe_rate, path = recipe_images_per_s(args.recipe_data_root, args.recipe_minutes)
+            ratio = f'{recipe_rate / base:.2f}x' if base else '-'
+            print(f'| cpu preset (its log: {path["autocast"]}, {path["compile"].split(" (")[0]}) | recipe '
+                  f'| {recipe_rate:.1f} | {ratio} | | | | |')
+        if args.kernels:
+            for m in args.models:
+                rows = onednn_kernels(m, args.views, size)
+                total = sum(row[-1] for row in rows)
+                print(f'\n{m}, {size[0]}x{size[1]}, fast-eager: oneDNN convolutions of one step, '
+                      f'{total:.0f} ms; by pass and implementation, then the dearest shapes')
+                print('| pass | implementation | calls | ms | share |')
+                print('|---|---|---|---|---|')
+                by_kernel = collections.defaultdict(lambda: [0, 0.0])
+                for prop, impl, _, calls, ms in rows:
+                    by_kernel[(prop, impl)][0] += calls
+                    by_kernel[(prop, impl)][1] += ms
+                for (prop, impl), (calls, ms) in sorted(by_kernel.items(), key=lambda kv: -kv[1][1]):
+                    print(f'| {prop} | {impl} | {calls} | {ms:.1f} | {100 * ms / total:.0f}% |')
+                print('| pass | implementation | shape | calls | ms |')
+                print('|---|---|---|---|---|')
+                for prop, impl, shape, calls, ms in rows[:args.kernels]:
+                    print(f'| {prop} | {impl} | {shape} | {calls} | {ms:.1f} |')
 
 
 if __name__ == '__main__':

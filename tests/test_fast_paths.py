@@ -66,12 +66,39 @@ def test_attention_keeps_channels_last_layout(grouped_spatial):
     assert x.grad.is_contiguous(memory_format=CHANNELS_LAST)
 
 
-def test_benchmark_prints_ratio_table():
+def test_benchmark_prints_ratio_flops_and_kernel_tables():
     result = subprocess.run(
-        [sys.executable, str(BENCHMARK), '--models', 'resnet50', 'gam_resnet50_g16', '--batch', '2',
-         '--infer-batch', '2', '--image-size', '32', '16', '--repeats', '1', '--threads', '1'],
-        capture_output=True, text=True, check=True)
+        [sys.executable, str(BENCHMARK), '--models', 'resnet50', 'gam_resnet50_g16', '--sizes', '32x16',
+         '--paths', 'eager-fp32', 'fast-eager', '--views', '2', '--repeats', '1', '--threads', '1',
+         '--kernels', '3'], capture_output=True, text=True, check=True)
     lines = result.stdout.splitlines()
-    rows = [line for line in lines if line.startswith('| gam_resnet50_g16')]
-    assert len(rows) == 2  # one per memory format
-    assert all('x |' in row for row in rows)
+    rows = [line.split(' | ') for line in lines if line.startswith('| gam_resnet50_g16 | ')]
+    assert [row[1] for row in rows] == ['eager-fp32', 'fast-eager']
+    baseline = next(line for line in lines if line.startswith('| resnet50 | eager-fp32'))
+    assert '| 1.00x |' in baseline
+    # FLOPs per step: g16's grouped convolutions have fewer multiply-adds than resnet50's dense ones
+    flops = {line.split(' | ')[0][2:]: float(line.split(' | ')[4]) for line in lines
+             if line.startswith('| resnet50 | eager') or line.startswith('| gam_resnet50_g16 | eager')}
+    assert 0 < flops['gam_resnet50_g16'] < flops['resnet50']
+    assert any(line.startswith('# peak: ') and 'GFLOP/s' in line for line in lines)
+    # every model's convolutions tallied by oneDNN's own implementation names
+    assert sum('oneDNN convolutions of one step' in line for line in lines) == 2
+    assert any(line.startswith('| forward_training | ') for line in lines)
+    assert any(line.startswith('| backward_weights | ') for line in lines)
+
+
+@pytest.mark.parametrize('vendor, flags, mhz, bogomips, expected_gflops', [
+    ('AuthenticAMD', 'fma avx2 avx512f avx512_bf16', None, '5192.24', 2 * 2.59612 * 32),  # Zen 4
+    ('GenuineIntel', 'fma avx2 avx512f amx_tile', '3500.0000', '4000.00', 2 * 3.5 * 64),
+    ('AuthenticAMD', 'fma avx2', '3000.0000', '4900.00', 2 * 3.0 * 32)])
+def test_peak_flops_from_lscpu(vendor, flags, mhz, bogomips, expected_gflops):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('bench_training', BENCHMARK)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    info = {'Vendor ID': vendor, 'Flags': flags, 'BogoMIPS': bogomips}
+    if mhz:
+        info['CPU max MHz'] = mhz
+    peak, how = bench.cpu_peak_flops(info, threads=2)
+    assert peak / 1e9 == pytest.approx(expected_gflops, rel=1e-4)
+    assert 'FLOP/cycle' in how
