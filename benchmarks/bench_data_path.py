@@ -5,7 +5,7 @@
 
 ``files``: what each DataLoader worker does per batch (read and decode the JPEGs, torchvision's
 transforms image by image, collate), timed here in the main process so that it is the CPU time the
-worker takes from the training step's cores. ``decoded``: the trainer's ``DecodedBatches`` over the
+worker takes from the training step's cores. ``decoded``: ``batches.DecodedBatches`` over the
 training set decoded once (the one-off decode is timed separately). Both walk the same shuffled
 indices; the medians of ``--repeats`` passes over ``--batches`` batches are compared, interleaved so
 that load on the machine hits both alike.
@@ -18,9 +18,9 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
+from timm_gam.reid.batches import DecodedBatches, SeededPerImage
 from timm_gam.reid.datasets import ReidImageDataset, prepare_data
 from timm_gam.reid.decoded_images import decode_images
-from timm_gam.reid.trainer import DecodedBatches, SeededPerImage
 from timm_gam.reid.transforms import TwoViews, build_eval_transform, build_train_transform
 
 

@@ -30,10 +30,9 @@ from pathlib import Path
 
 import timm_gam  # noqa: F401  (registers the GAM and CBAM models with timm)
 from timm_gam.reid.checkpoint import TrainingCheckpoint
-from timm_gam.reid.clustering import DISTANCES, SIZE_UPDATES
-from timm_gam.reid.datasets import LAYOUTS
+from timm_gam.reid.config import TrainConfig, add_config_flags
 from timm_gam.reid.eval_only import evaluate_run
-from timm_gam.reid.trainer import DATA_PATHS, IDL_NEGATIVES, LOSSES, TrainConfig, train
+from timm_gam.reid.trainer import train
 
 # Presets: plain data, applied first; any command-line flag overrides them.
 PRESETS = {
@@ -77,58 +76,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--preset', choices=sorted(PRESETS), default=None,
                    help='starting configuration (default: synthetic without --data-root, paper with it)')
-    p.add_argument('--data-root', help='Market-1501 / DukeMTMC-reID layout or a plain folder of images; '
-                                       'omitted: the embedded synthetic set')
-    p.add_argument('--layout', choices=LAYOUTS)
-    p.add_argument('--model', help='any timm model name (default gam_resnet50_g4; on the synthetic set '
-                                   'test_gam_resnet)')
-    p.add_argument('--pretrained', action='store_true', default=None,
-                   help='start from (or, with --eval-only, evaluate) the pretrained weights of --model')
-    p.add_argument('--output', help='run folder: checkpoint.pt, log.jsonl, metrics.json '
-                                    '(with --eval-only: log.jsonl and metrics.json)')
-    p.add_argument('--loss', choices=LOSSES)
-    p.add_argument('--embed-dim', type=int)
-    p.add_argument('--image-size', type=int, nargs=2, metavar=('H', 'W'))
-    p.add_argument('--batch-size', type=int)
-    p.add_argument('--lr', type=float, help='default 0.1 from scratch, 0.01 with --pretrained')
-    p.add_argument('--weight-decay', type=float)
-    p.add_argument('--lr-decay-epochs', type=int)
-    p.add_argument('--warmup-epochs', type=int, help='epochs of stage 0, before the first merge')
-    p.add_argument('--epochs-per-stage', type=int)
-    p.add_argument('--stages', type=int, help='merge stages after stage 0')
-    p.add_argument('--target-clusters', type=int,
-                   help='label-free stop: end training once merging reaches this many clusters')
-    p.add_argument('--merge-percent', type=float, help='fraction of the images merged per stage')
-    p.add_argument('--size-penalty', type=float, help='lambda of Eq. 10 (default 0.005)')
-    p.add_argument('--cluster-distance', choices=DISTANCES)
-    p.add_argument('--size-update', choices=SIZE_UPDATES)
-    p.add_argument('--max-cluster-size', type=int)
-    p.add_argument('--temperature', type=float)
-    p.add_argument('--seed', type=int)
-    p.add_argument('--time-budget-min', type=float,
-                   help='stop after this many minutes of training (evaluations not counted), evaluate and '
-                        'save; --resume with a larger budget continues the run')
-    p.add_argument('--eval-every-min', type=float,
-                   help='evaluate query/gallery every this many training minutes (the time-to-accuracy '
-                        'curve, "timed_eval" lines of log.jsonl)')
-    p.add_argument('--workers', type=int)
-    p.add_argument('--data-path', choices=DATA_PATHS,
-                   help="'files': DataLoader workers decode and augment each image (torchvision); 'decoded': "
-                        'the training set decoded once onto the device, augmented there in batches')
-    p.add_argument('--idl-negatives', choices=IDL_NEGATIVES,
-                   help="'batch': Eq. 4-6 (the batch's other views); 'memory': a memory of every training "
-                        'image (Wu et al. 2018), beyond the paper')
-    p.add_argument('--camera-centred-merge', action=argparse.BooleanOptionalAction, default=None,
-                   help="merge clusters on embeddings with each camera's mean removed (beyond the paper)")
-    p.add_argument('--device', help='auto, cpu, cuda, cuda:1, ...')
-    p.add_argument('--no-amp', dest='amp', action='store_false', default=None)
-    p.add_argument('--channels-last', action='store_true', default=None)
-    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
-                   help='torch.compile the training step (the cpu preset does): minutes to compile once, '
-                        'then faster steps; needs a C++ compiler on a CPU')
-    p.add_argument('--acl-from-stage', type=int,
-                   help='first stage trained with ACL: 0 the paper (from the first step), 1 an IDL-only '
-                        'warm-up (beyond the paper)')
+    add_config_flags(p)  # one flag per TrainConfig field that has flag metadata (reid/config.py)
     p.add_argument('--resume', action='store_true', help='continue from OUTPUT/checkpoint.pt')
     p.add_argument('--eval-only', action='store_true',
                    help='evaluate --checkpoint or --pretrained weights on the query/gallery of --data-root')

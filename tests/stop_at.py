@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from timm_gam.reid import trainer
+from timm_gam.reid import stages
 from timm_gam.reid.embedding import ReidEmbedder
 
 
@@ -45,8 +45,8 @@ def install(point: str, reached) -> None:
         forward = ReidEmbedder.forward
         ReidEmbedder.forward = lambda self, x: (None if self.training else reached(), forward(self, x))[1]
     elif point == 'merge':
-        merge = trainer.merge_clusters
-        trainer.merge_clusters = lambda *a, **k: (reached(), merge(*a, **k))[1]
+        merge = stages.merge_clusters
+        stages.merge_clusters = lambda *a, **k: (reached(), merge(*a, **k))[1]
     elif point == 'checkpoint':
         save = torch.save
 

@@ -1,7 +1,11 @@
 """The ``decoded`` data path: views made from one uint8 tensor, against the ``files`` path's transforms."""
+import inspect
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tiny_config import SMOKE, make_tiny_market
 
 from timm_gam.reid.datasets import load_image, prepare_data
@@ -12,7 +16,12 @@ from timm_gam.reid.decoded_images import (
     draw_augmentations,
     normalise,
 )
-from timm_gam.reid.transforms import build_eval_transform
+from timm_gam.reid.transforms import (
+    AUGMENTATION,
+    AugmentationSpec,
+    build_eval_transform,
+    build_train_transform,
+)
 
 # uniforms that make every augmentation the identity: the whole image, its aspect, no flip, brightness
 # and contrast factors of exactly 1, no erasing
@@ -100,3 +109,55 @@ def test_random_views_keep_the_normalised_range(images):
     low, high = normalise(torch.zeros(1, 3, 1, 1)), normalise(torch.ones(1, 3, 1, 1))
     assert (out >= low - 1e-5).all() and (out <= high + 1e-5).all()
     assert np.isfinite(out.numpy()).all()
+
+
+# -- one augmentation spec, read by both data paths ----------------------------------------------------
+
+def both_paths(person_pixels: np.ndarray, spec: AugmentationSpec, seeds: range) -> tuple[torch.Tensor, ...]:
+    """The augmented views of one picture by the ``files`` path (torchvision, seeded per view) and the
+    ``decoded`` path (one batch), both from ``spec``."""
+    size = person_pixels.shape[:2]
+    transform = build_train_transform(size, spec)
+    files = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        files.append(transform(Image.fromarray(person_pixels)))
+    decoded = torch.from_numpy(person_pixels).permute(2, 0, 1).unsqueeze(0).repeat(len(seeds), 1, 1, 1)
+    return torch.stack(files), augment_batch(decoded, draw_augmentations(list(seeds)), spec)
+
+
+@pytest.fixture(scope='module')
+def person_pixels() -> np.ndarray:
+    pixels = np.zeros((64, 32, 3), np.uint8)
+    pixels[:32, :16], pixels[:32, 16:], pixels[32:] = (220, 40, 40), (40, 40, 220), (40, 160, 40)
+    return pixels
+
+
+def test_both_paths_default_to_the_one_spec():
+    assert inspect.signature(build_train_transform).parameters['augmentation'].default is AUGMENTATION
+    assert inspect.signature(augment_batch).parameters['augmentation'].default is AUGMENTATION
+
+
+def test_both_paths_draw_the_erased_box_and_the_flip_from_the_spec(person_pixels):
+    # ranges of one value: both paths must then draw the same flip and the same 32x16 box (height / width
+    # 2, a quarter of the area), wherever they place it
+    spec = AugmentationSpec(crop_scale=(1.0, 1.0), crop_aspect_jitter=1.0, flip_prob=1.0, brightness=0.0,
+                            contrast=0.0, erasing_prob=1.0, erasing_scale=(0.25, 0.25),
+                            erasing_ratio=(2.0, 2.0))
+    files, decoded = both_paths(person_pixels, spec, range(6))
+    mirrored = build_eval_transform((64, 32))(Image.fromarray(person_pixels)).flip(-1)
+    for views in (files, decoded):
+        erased = (views == 0).all(dim=1)
+        assert erased.sum(dim=(1, 2)).tolist() == [32 * 16] * 6
+        assert (erased.any(dim=2).sum(dim=1) == 32).all() and (erased.any(dim=1).sum(dim=1) == 16).all()
+        kept = ~erased.unsqueeze(1).expand_as(views)
+        torch.testing.assert_close(views[kept], mirrored.expand_as(views)[kept], rtol=0, atol=1e-5)
+
+
+def test_both_paths_flip_as_often_as_the_spec_says(person_pixels):
+    spec = replace(AugmentationSpec(crop_scale=(1.0, 1.0), crop_aspect_jitter=1.0, brightness=0.0,
+                                    contrast=0.0, erasing_prob=0.0), flip_prob=0.25)
+    mirrored = build_eval_transform((64, 32))(Image.fromarray(person_pixels)).flip(-1)
+    for views in both_paths(person_pixels, spec, range(400)):
+        flipped = (views - mirrored).abs().amax(dim=(1, 2, 3)) < 1e-5
+        assert abs(flipped.float().mean().item() - 0.25) < 0.06

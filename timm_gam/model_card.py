@@ -16,8 +16,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .card_metadata import CITATION, INSTALL, baseline_paragraph, card_data, split_note, with_metadata
+from .reid.config import TrainConfig
 from .reid.embedding import LoadedEmbedder
-from .reid.trainer import TrainConfig
 
 __all__ = ['RESEARCH_ONLY_DATASETS', 'count_gmacs', 'recipe_command', 'settings_without_flag',
            'model_card', 'refresh_release_card', 'dtype_name']

@@ -93,6 +93,7 @@ class RunState:
     epoch: int = 0  # epochs done over the whole run: drives the learning-rate schedule
     step_in_epoch: int = 0  # steps of the current epoch already taken (a time budget stops mid-epoch)
     steps: int = 0  # optimiser steps over the whole run
+    marks_evaluated: int = 0  # multiples of eval_every_min evaluated so far: the next is the one after
     cluster_labels: torch.Tensor | None = None
     memory: ClusterMemory | None = None
     instance_memory: ClusterMemory | None = None  # one slot per image, for idl_negatives='memory'
@@ -110,6 +111,9 @@ class RunState:
         memories = {name: state.get(name) and ClusterMemory.from_state_dict(state[name]).to(device)
                     for name in ('memory', 'instance_memory')}
         labels = state.get('cluster_labels')
+        if 'marks_evaluated' not in state:  # saved before the count was kept: the marks in the history
+            timed = state['history'].get('timed', [])
+            state = {**state, 'marks_evaluated': sum('mark_min' in r for r in timed)}
         # the merging reads the labels as a numpy array: they stay on the CPU whatever the training device
         return cls(**{**state, **memories, 'cluster_labels': labels if labels is None else labels.cpu()})
 

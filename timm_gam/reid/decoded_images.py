@@ -7,8 +7,8 @@ resized to the training size, into a ``(n, 3, H, W)`` uint8 tensor on the traini
 are 43 MB at 64x32, 685 MB at 256x128), and makes each batch's views there:
 
 * the anchor ``x_i`` is that tensor normalised: exactly the evaluation transform's output;
-* the augmented ``x^_i`` gets section 5.2's augmentations, those of
-  :func:`~timm_gam.reid.transforms.build_train_transform`, as batched tensor operations
+* the augmented ``x^_i`` gets section 5.2's augmentations, the ranges of
+  :class:`~timm_gam.reid.transforms.AugmentationSpec` as the ``files`` path, as batched tensor operations
   (:func:`augment_batch`): one affine resampling per image for zoom, crop and flip, brightness and
   contrast, normalisation, and random erasing as a mask.
 
@@ -22,6 +22,7 @@ as an uninterrupted one.
 """
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 
 from .datasets import ReidImage, load_image
+from .transforms import AUGMENTATION, AugmentationSpec
 
 __all__ = ['AUGMENTATION_PARAMETERS', 'augment_batch', 'decode_images', 'draw_augmentations', 'normalise']
 
@@ -62,31 +64,28 @@ def draw_augmentations(seeds: Sequence[int]) -> torch.Tensor:
     return torch.as_tensor(np.array(rows, dtype=np.float32).reshape(len(seeds), -1))
 
 
-def augment_batch(images: torch.Tensor, uniforms: torch.Tensor, *,
-                  crop_scale: tuple[float, float] = (0.64, 1.0), crop_aspect_jitter: float = 1.2,
-                  flip_prob: float = 0.5, brightness: float = 0.2, contrast: float = 0.4,
-                  erasing_prob: float = 0.5, erasing_scale: tuple[float, float] = (0.02, 0.25),
-                  erasing_ratio: tuple[float, float] = (0.3, 3.3),
-                  mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
-    """Section 5.2's augmentations of a uint8 batch ``(B, 3, H, W)``, normalised; the defaults and their
-    meaning are :func:`~timm_gam.reid.transforms.build_train_transform`'s.
+def augment_batch(images: torch.Tensor, uniforms: torch.Tensor, augmentation: AugmentationSpec = AUGMENTATION,
+                  *, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, **changes) -> torch.Tensor:
+    """Section 5.2's augmentations of a uint8 batch ``(B, 3, H, W)``, normalised: ``augmentation`` (with
+    ``changes`` to its fields), the ranges the ``files`` path draws from too.
 
     ``uniforms`` (B, len(AUGMENTATION_PARAMETERS)) decide everything random, so the result is a function
     of its inputs: the same on any device, for any batch composition.
     """
+    spec = replace(augmentation, **changes)
     batch, _, height, width = images.shape
     u = dict(zip(AUGMENTATION_PARAMETERS, uniforms.to(images.device, torch.float32).unbind(1), strict=True))
 
     # 1-2. zoom, crop and flip: a box of crop_scale of the area, aspect within crop_aspect_jitter,
     # resampled to the full size; a flip mirrors the box
-    area = _between(u['crop_scale'], *crop_scale)
-    log_jitter = math.log(crop_aspect_jitter)
+    area = _between(u['crop_scale'], *spec.crop_scale)
+    log_jitter = math.log(spec.crop_aspect_jitter)
     aspect_change = torch.exp(_between(u['crop_aspect'], -log_jitter, log_jitter))
     box_w = torch.sqrt(area * aspect_change).clamp(max=1.0)  # fractions of the width and height
     box_h = torch.sqrt(area / aspect_change).clamp(max=1.0)
     centre_x = (box_w + u['crop_x'] * (1 - box_w)) * 2 - 1 - box_w  # in [-1, 1] grid coordinates
     centre_y = (box_h + u['crop_y'] * (1 - box_h)) * 2 - 1 - box_h
-    mirror = torch.where(u['flip'] < flip_prob, -1.0, 1.0)
+    mirror = torch.where(u['flip'] < spec.flip_prob, -1.0, 1.0)
     theta = torch.zeros(batch, 2, 3, device=images.device)
     theta[:, 0, 0], theta[:, 0, 2] = box_w * mirror, centre_x
     theta[:, 1, 1], theta[:, 1, 2] = box_h, centre_y
@@ -95,15 +94,16 @@ def augment_batch(images: torch.Tensor, uniforms: torch.Tensor, *,
                           align_corners=False)
 
     # 3. brightness, then contrast around each image's mean grey level (torchvision's definitions)
-    views = (views * _between(u['brightness'], 1 - brightness, 1 + brightness).view(-1, 1, 1, 1)).clamp(0, 1)
+    exposure = _between(u['brightness'], 1 - spec.brightness, 1 + spec.brightness).view(-1, 1, 1, 1)
+    views = (views * exposure).clamp(0, 1)
     grey = (0.2989 * views[:, 0] + 0.587 * views[:, 1] + 0.114 * views[:, 2]).mean(dim=(1, 2))
-    factor = _between(u['contrast'], 1 - contrast, 1 + contrast).view(-1, 1, 1, 1)
+    factor = _between(u['contrast'], 1 - spec.contrast, 1 + spec.contrast).view(-1, 1, 1, 1)
     views = (factor * views + (1 - factor) * grey.view(-1, 1, 1, 1)).clamp(0, 1)
     views = normalise(views, mean, std)
 
     # 4. occlusion: a box of erasing_scale of the area, aspect in erasing_ratio, set to 0 (the mean colour)
-    erase_area = _between(u['erase_scale'], *erasing_scale) * height * width
-    log_ratio = _between(u['erase_aspect'], math.log(erasing_ratio[0]), math.log(erasing_ratio[1]))
+    erase_area = _between(u['erase_scale'], *spec.erasing_scale) * height * width
+    log_ratio = _between(u['erase_aspect'], *(math.log(r) for r in spec.erasing_ratio))
     erase_h = torch.sqrt(erase_area * torch.exp(log_ratio)).round().clamp(1, height)
     erase_w = torch.sqrt(erase_area / torch.exp(log_ratio)).round().clamp(1, width)
     top = (u['erase_y'] * (height - erase_h + 1)).floor()
@@ -112,7 +112,7 @@ def augment_batch(images: torch.Tensor, uniforms: torch.Tensor, *,
     cols = torch.arange(width, device=images.device).view(1, 1, -1)
     inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + erase_h).view(-1, 1, 1))
               & (cols >= left.view(-1, 1, 1)) & (cols < (left + erase_w).view(-1, 1, 1)))
-    erased = inside & (u['erase'] < erasing_prob).view(-1, 1, 1)
+    erased = inside & (u['erase'] < spec.erasing_prob).view(-1, 1, 1)
     return views.masked_fill(erased.unsqueeze(1), 0.0)
 
 

@@ -14,7 +14,7 @@ from .evaluation import evaluate_model, format_metrics
 from .run_log import RunLog
 
 if TYPE_CHECKING:
-    from .trainer import TrainConfig
+    from .config import TrainConfig
 
 __all__ = ['evaluate_run']
 

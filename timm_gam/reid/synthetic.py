@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ['make_synthetic_reid']
+__all__ = ['data_root_or_synthetic', 'make_synthetic_reid']
 
 _FORMAT_VERSION = 1  # bump when the drawing changes, so cached copies are regenerated
 _MANIFEST = 'synthetic.json'
@@ -353,3 +353,12 @@ def make_synthetic_reid(
     shutil.rmtree(root, ignore_errors=True)
     os.replace(staging, root)
     return root
+
+
+def data_root_or_synthetic(data_root: str | Path | None, synthetic_root: str | Path, *, seed: int = 0,
+                           **options) -> str | Path:
+    """``data_root`` where one is given; else the synthetic set made (or found) in ``synthetic_root``
+    with ``seed`` and the :func:`make_synthetic_reid` ``options``: where a run's data lies."""
+    if data_root is not None:
+        return data_root
+    return make_synthetic_reid(synthetic_root, seed=seed, **options)

@@ -9,11 +9,13 @@ All transforms take a PIL RGB image (see :func:`~timm_gam.reid.datasets.load_ima
 normalised float tensor of shape (3, height, width), draw their randomness from torch's global
 generator (seeded per DataLoader worker) and pickle, so they work in DataLoader worker processes.
 """
+from dataclasses import dataclass, replace
+
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 
-__all__ = ['TwoViews', 'build_eval_transform', 'build_train_transform']
+__all__ = ['AUGMENTATION', 'AugmentationSpec', 'TwoViews', 'build_eval_transform', 'build_train_transform']
 
 ImageSize = tuple[int, int]  # (height, width), 256x128 in the paper; 128x64 or 64x32 for CPU runs
 
@@ -30,42 +32,56 @@ def build_eval_transform(image_size: ImageSize = (256, 128), *, mean=IMAGENET_DE
                        *_to_normalised_tensor(mean, std)])
 
 
-def build_train_transform(
-        image_size: ImageSize = (256, 128),
-        *,
-        crop_scale: tuple[float, float] = (0.64, 1.0),
-        crop_aspect_jitter: float = 1.2,
-        flip_prob: float = 0.5,
-        brightness: float = 0.2,
-        contrast: float = 0.4,
-        erasing_prob: float = 0.5,
-        erasing_scale: tuple[float, float] = (0.02, 0.25),
-        mean=IMAGENET_DEFAULT_MEAN,
-        std=IMAGENET_DEFAULT_STD,
-) -> v2.Compose:
-    """The strong augmentation that makes ``x̂_i`` of paper Eq. 4 (section 5.2's list, in order).
+@dataclass(frozen=True)
+class AugmentationSpec:
+    """The ranges of section 5.2's augmentations: the one statement both data paths read.
+
+    ``files`` (:func:`build_train_transform`, torchvision per image) and ``decoded``
+    (:func:`~timm_gam.reid.decoded_images.augment_batch`, batched on the training device) draw from
+    these ranges, in this order:
 
     1. Random zoom and crop: a box covering ``crop_scale`` of the image area (0.64 = zoom in up to
-       1.25x), its aspect within ``crop_aspect_jitter`` of the output's, resized to ``image_size``.
-       The image is first resized to ``image_size`` so that the crop is relative to the person box
-       whatever the source size, exactly as the anchor view sees it.
+       1.25x), its aspect within ``crop_aspect_jitter`` of the output's, resized to the full size.
     2. Horizontal flip with ``flip_prob``: cameras see people from either side.
-    3. Brightness and contrast change (``ColorJitter``), imitating camera exposure.
-    4. Occlusion by random erasing with ``erasing_prob``, applied after normalisation with value 0
-       so the erased box is the mean colour rather than a black patch.
+    3. Brightness and contrast change (torchvision's ``ColorJitter`` definitions), imitating exposure.
+    4. Occlusion by random erasing with ``erasing_prob``: a box of ``erasing_scale`` of the area, its
+       height / width in ``erasing_ratio``, set to 0 after normalisation, so it is the mean colour
+       rather than a black patch.
     """
+    crop_scale: tuple[float, float] = (0.64, 1.0)
+    crop_aspect_jitter: float = 1.2
+    flip_prob: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.4
+    erasing_prob: float = 0.5
+    erasing_scale: tuple[float, float] = (0.02, 0.25)
+    erasing_ratio: tuple[float, float] = (0.3, 3.3)
+
+
+AUGMENTATION = AugmentationSpec()  # the recipe's
+
+
+def build_train_transform(image_size: ImageSize = (256, 128), augmentation: AugmentationSpec = AUGMENTATION,
+                          *, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, **changes) -> v2.Compose:
+    """The strong augmentation that makes ``x̂_i`` of paper Eq. 4: ``augmentation`` (with ``changes`` to
+    its fields) on a PIL image.
+
+    The image is first resized to ``image_size`` so that the crop is relative to the person box whatever
+    the source size, exactly as the anchor view sees it.
+    """
+    spec = replace(augmentation, **changes)
     height, width = image_size
     aspect = width / height
     return v2.Compose([
         v2.ToImage(),
         v2.Resize((height, width), antialias=True),
-        v2.RandomResizedCrop((height, width), scale=crop_scale,
-                             ratio=(aspect / crop_aspect_jitter, aspect * crop_aspect_jitter),
+        v2.RandomResizedCrop((height, width), scale=spec.crop_scale,
+                             ratio=(aspect / spec.crop_aspect_jitter, aspect * spec.crop_aspect_jitter),
                              antialias=True),
-        v2.RandomHorizontalFlip(flip_prob),
-        v2.ColorJitter(brightness=brightness, contrast=contrast),
+        v2.RandomHorizontalFlip(spec.flip_prob),
+        v2.ColorJitter(brightness=spec.brightness, contrast=spec.contrast),
         *_to_normalised_tensor(mean, std),
-        v2.RandomErasing(p=erasing_prob, scale=erasing_scale, value=0),
+        v2.RandomErasing(p=spec.erasing_prob, scale=spec.erasing_scale, ratio=spec.erasing_ratio, value=0),
     ])
 
 

@@ -1,0 +1,208 @@
+"""What a training run depends on: :class:`TrainConfig`, checked when made, and the schedule it implies.
+
+Every field is plain data, saved into each checkpoint and the run folder; a field with ``flag(...)``
+metadata is also a command-line flag of ``recipes/unsup_reid.py`` (:func:`add_config_flags`), so the
+help text and the choices live beside the field they describe.
+"""
+import argparse
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from .clustering import DISTANCES, SIZE_UPDATES
+from .datasets import LAYOUTS
+from .synthetic import make_synthetic_reid
+
+__all__ = ['DATA_PATHS', 'IDL_NEGATIVES', 'LOSSES', 'TrainConfig', 'add_config_flags', 'learning_rate',
+           'merges_for_stage', 'stage_epochs']
+
+LOSSES = ('idl', 'acl', 'idl+acl')
+# 'files': decode and augment each image in DataLoader workers (torchvision); 'decoded': decode the
+# training set once onto the training device and augment it there in batches (reid/decoded_images.py)
+DATA_PATHS = ('files', 'decoded')
+# the negatives of the instance loss: 'batch', Eq. 4-6's other views of the batch; 'memory', a memory of
+# every training image (losses.instance_memory_loss, Wu et al. 2018)
+IDL_NEGATIVES = ('batch', 'memory')
+
+
+def flag(help: str | None = None, **argparse_options) -> dict:
+    """Field metadata that makes the field a command-line flag (``--field-name``) with this help."""
+    return {'flag': {'help': help, **argparse_options}}
+
+
+def _option(default, help=None, **argparse_options):
+    return field(default=default, metadata=flag(help, **argparse_options))
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved into each checkpoint and the run folder.
+
+    Every field is checked when the config is made, so a bad value stops the run before the warm-up,
+    not at the first merge an hour later.
+    """
+    output: str = _option('runs/unsup_reid', 'run folder: checkpoint.pt, log.jsonl, metrics.json '
+                                             '(with --eval-only: log.jsonl and metrics.json)')
+    data_root: str | None = _option(None, 'Market-1501 / DukeMTMC-reID layout or a plain folder of images; '
+                                          'omitted: the embedded synthetic set, generated into OUTPUT/data')
+    layout: str = _option('auto', choices=LAYOUTS)
+    model: str = _option('gam_resnet50_g4', 'any timm model name (default gam_resnet50_g4; on the synthetic '
+                                            'set test_gam_resnet)')
+    pretrained: bool = _option(False, 'start from (or, with --eval-only, evaluate) the pretrained weights '
+                                      'of --model')
+    embed_dim: int = _option(2048)
+    image_size: tuple[int, int] = _option((256, 128), '(height, width) of the network input, paper 5.2',
+                                          metavar=('H', 'W'))
+    loss: str = _option('idl+acl', choices=LOSSES)
+    # the first stage whose training uses ACL: 0 is the paper (ACL of singletons from the first step), 1
+    # an IDL-only warm-up, so that the first merge clusters features IDL alone has shaped (beyond the paper)
+    acl_from_stage: int = _option(0, 'first stage trained with ACL: 0 the paper (from the first step), 1 an '
+                                     'IDL-only warm-up (beyond the paper)')
+    temperature: float = _option(0.1, 'tau of Eq. 4, 5 and 7')
+    idl_negatives: str = _option('batch', "'batch': Eq. 4-6 (the batch's other views); 'memory': a memory "
+                                          'of every training image (Wu et al. 2018), beyond the paper',
+                                 choices=IDL_NEGATIVES)
+    memory_momentum: float = 0.5
+    batch_size: int = _option(32)
+    lr: float | None = _option(None, 'default 0.1 from scratch, 0.01 with --pretrained (paper 5.2)')
+    momentum: float = 0.9
+    weight_decay: float = _option(5e-4)
+    lr_decay_epochs: int = _option(25, 'the learning rate drops by lr_decay every this many epochs')
+    lr_decay: float = 0.1
+    warmup_epochs: int = _option(20, 'epochs of stage 0, before the first merge')
+    epochs_per_stage: int = _option(2)
+    stages: int = _option(16, 'merge stages after stage 0')
+    merge_percent: float = _option(0.04, 'fraction of the training images merged per stage (paper: 0.04)')
+    size_penalty: float = _option(0.005, 'lambda of Eq. 10 (default 0.005)')
+    cluster_distance: str = _option('euclidean', "Eq. 9; 'sqeuclidean' as BUC's code", choices=DISTANCES)
+    size_update: str = _option('step', "'step' (BUC) or 'refresh' after each union", choices=SIZE_UPDATES)
+    max_cluster_size: int | None = _option(None)
+    camera_centred_merge: bool = _option(False, "merge clusters on embeddings with each camera's mean "
+                                                'removed (reid/cameras.py, beyond the paper)')
+    target_clusters: int = _option(1, 'label-free stop: end training once merging reaches this many clusters')
+    seed: int = _option(0)
+    workers: int = _option(2)
+    data_path: str = _option('files', "'files': DataLoader workers decode and augment each image "
+                                      "(torchvision); 'decoded': the training set decoded once onto the "
+                                      'device, augmented there in batches', choices=DATA_PATHS)
+    device: str = _option('auto', 'auto, cpu, cuda, cuda:1, ...')
+    amp: bool = _option(True, 'bf16 autocast of the training step where the device computes bf16 '
+                              '(reid/fast_path.py)')
+    channels_last: bool = _option(False)
+    compile: bool = _option(False, 'torch.compile the training step (the cpu preset does): minutes to '
+                                   'compile once, then faster steps; needs a C++ compiler on a CPU')
+    eval_batch_size: int = 128
+    log_every: int = 50  # steps between 'step' lines in log.jsonl (and on stdout without a progress bar)
+    # the time-to-accuracy protocol (docs/results.md): minutes of training, evaluations not counted
+    time_budget_min: float | None = _option(None, 'stop after this many minutes of training (evaluations '
+                                                  'not counted), evaluate and save; --resume with a larger '
+                                                  'budget continues the run')
+    eval_every_min: float | None = _option(None, 'evaluate query/gallery every this many training minutes '
+                                                 '(the time-to-accuracy curve, "timed_eval" lines of '
+                                                 'log.jsonl)')
+    synthetic: dict = field(default_factory=dict)  # arguments of make_synthetic_reid
+
+    def __post_init__(self):
+        self.image_size = tuple(self.image_size)
+        for name, allowed in (('layout', LAYOUTS), ('loss', LOSSES), ('cluster_distance', DISTANCES),
+                              ('size_update', SIZE_UPDATES), ('data_path', DATA_PATHS),
+                              ('idl_negatives', IDL_NEGATIVES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f'{name} must be one of {allowed}, got {getattr(self, name)!r}')
+        for name, low, high, what in _RANGES:
+            value = getattr(self, name)
+            if value is not None and not (low <= value <= high):
+                raise ValueError(f'{name} must be {what}, got {value!r}')
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ValueError(f'image_size must be (height, width) in pixels, got {self.image_size}')
+        if not self.model or not self.output:
+            raise ValueError('model and output must be named')
+        if self.device != 'auto':
+            try:
+                torch.device(self.device)
+            except RuntimeError as e:
+                raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:1', ..., "
+                                 f'got {self.device!r}') from e
+        known = set(inspect.signature(make_synthetic_reid).parameters) - {'root', 'seed'}
+        if unknown := sorted(set(self.synthetic) - known):
+            raise ValueError(f'synthetic takes {sorted(known)}, not {unknown}')
+
+    @property
+    def base_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.01 if self.pretrained else 0.1
+
+    @property
+    def uses_acl(self) -> bool:
+        return 'acl' in self.loss
+
+    @property
+    def uses_instance_memory(self) -> bool:
+        """IDL against a memory of every training image instead of the batch's other views."""
+        return 'idl' in self.loss and self.idl_negatives == 'memory'
+
+    def acl_in_stage(self, stage: int) -> bool:
+        return self.uses_acl and stage >= self.acl_from_stage
+
+
+_INF = float('inf')
+# (field, lowest, highest, how the error says it); None passes where the field allows it
+_RANGES = (
+    ('embed_dim', 1, _INF, 'a positive integer'), ('temperature', 1e-8, _INF, 'positive'),
+    ('acl_from_stage', 0, _INF, 'zero or more'),
+    ('memory_momentum', 0, 1 - 1e-12, 'in [0, 1)'), ('batch_size', 1, _INF, 'a positive integer'),
+    ('lr', 1e-12, _INF, 'positive'), ('momentum', 0, 1 - 1e-12, 'in [0, 1)'),
+    ('weight_decay', 0, _INF, 'zero or positive'), ('lr_decay_epochs', 1, _INF, 'a positive integer'),
+    ('lr_decay', 1e-12, 1, 'in (0, 1]'), ('warmup_epochs', 0, _INF, 'zero or more'),
+    ('epochs_per_stage', 1, _INF, 'a positive integer'), ('stages', 0, _INF, 'zero or more'),
+    ('merge_percent', 1e-12, 1, 'a fraction in (0, 1]'), ('size_penalty', 0, _INF, 'zero or positive'),
+    ('max_cluster_size', 1, _INF, 'a positive integer'), ('target_clusters', 1, _INF, 'a positive integer'),
+    ('workers', 0, _INF, 'zero or more'), ('eval_batch_size', 1, _INF, 'a positive integer'),
+    ('log_every', 1, _INF, 'a positive integer'), ('time_budget_min', 1e-9, _INF, 'positive minutes'),
+    ('eval_every_min', 1e-9, _INF, 'positive minutes'),
+)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """A ``--field-name`` flag for every field with ``flag`` metadata, default ``None`` (not given).
+
+    The type comes from the annotation: a bool is ``--x`` / ``--no-x``, a ``tuple[int, int]`` takes two
+    numbers, ``X | None`` takes an ``X``.
+    """
+    for config_field in fields(TrainConfig):
+        if 'flag' not in config_field.metadata:
+            continue
+        options = dict(config_field.metadata['flag'])
+        kind = _without_none(config_field.type)
+        if kind is bool:
+            options['action'] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is tuple:
+            options.update(type=typing.get_args(kind)[0], nargs=len(typing.get_args(kind)))
+        elif 'choices' not in options:
+            options['type'] = kind
+        parser.add_argument('--' + config_field.name.replace('_', '-'), default=None, **options)
+
+
+def _without_none(annotation):
+    if isinstance(annotation, types.UnionType):
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return annotation
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """Step decay of paper 5.2: the base rate, divided by 10 every ``lr_decay_epochs`` epochs."""
+    return config.base_lr * config.lr_decay ** (epoch // config.lr_decay_epochs)
+
+
+def stage_epochs(config: TrainConfig, stage: int) -> int:
+    return config.warmup_epochs if stage == 0 else config.epochs_per_stage
+
+
+def merges_for_stage(config: TrainConfig, num_images: int, num_clusters: int) -> int:
+    """Paper 5.2: 4% of the images merged per stage, never below ``target_clusters`` clusters."""
+    wanted = max(1, int(round(config.merge_percent * num_images)))
+    return max(0, min(wanted, num_clusters - config.target_clusters))

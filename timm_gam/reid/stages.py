@@ -1,0 +1,53 @@
+"""Between two stages of the schedule: re-cluster the training set (Eq. 9-10) and rebuild the memory.
+
+Stage 0 trains with every image its own cluster (|M| = n). Each later stage starts from embeddings of
+the whole training set, merges the closest clusters bottom-up (:func:`merge_clusters`) and builds the
+memory bank M of ACL from the new clusters (the mean embedding of each, Sec. 4.3). The caller embeds;
+this module only decides, so it needs neither the model nor the trainer.
+"""
+import time
+from collections.abc import Sequence
+
+import torch
+
+from .cameras import camera_centred
+from .checkpoint import RunState
+from .clustering import merge_clusters
+from .config import TrainConfig, merges_for_stage
+from .distributed import ProcessGroup, broadcast_tensor
+from .memory import ClusterMemory
+
+__all__ = ['begin_stage', 'stage_needs_embeddings']
+
+
+def stage_needs_embeddings(config: TrainConfig, state: RunState) -> bool:
+    """Whether the stage starting at ``state`` uses clusters or builds the instance memory: in-batch IDL
+    alone needs neither."""
+    return config.acl_in_stage(state.stage) or (config.uses_instance_memory and state.instance_memory is None)
+
+
+def begin_stage(config: TrainConfig, state: RunState, embeddings: torch.Tensor, cameras: Sequence[int],
+                group: ProcessGroup) -> dict | None:
+    """Set up ``state`` for its stage from the training set's ``embeddings``: the instance memory (built
+    once, then kept up to date by the steps), then from stage 1 on the merge (rank 0's labels rule on
+    every rank), then M. Returns what the merge did, or None where the stage merged nothing."""
+    if config.uses_instance_memory and state.instance_memory is None:
+        state.instance_memory = ClusterMemory.from_embeddings(
+            embeddings, torch.arange(len(embeddings)), config.memory_momentum).to(group.device)
+    if not config.acl_in_stage(state.stage):
+        return None
+    merged = None
+    if state.stage > 0:
+        num_merges = merges_for_stage(config, len(embeddings), int(state.cluster_labels.max()) + 1)
+        start = time.perf_counter()
+        features = camera_centred(embeddings, cameras) if config.camera_centred_merge else embeddings
+        labels = torch.as_tensor(merge_clusters(
+            features, state.cluster_labels.numpy(), num_merges, config.size_penalty,
+            distance=config.cluster_distance, size_update=config.size_update,
+            max_cluster_size=config.max_cluster_size), dtype=torch.long)
+        state.cluster_labels = broadcast_tensor(labels, group)
+        merged = {'stage': state.stage, 'merges': num_merges,
+                  'num_clusters': int(state.cluster_labels.max()) + 1, 'seconds': time.perf_counter() - start}
+    state.memory = ClusterMemory.from_embeddings(embeddings, state.cluster_labels,
+                                                 config.memory_momentum).to(group.device)
+    return merged
