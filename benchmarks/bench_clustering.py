@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 import torch
 
-from timm_gam.reid.clustering import bottom_up_merge
+from timm_gam.reid.clustering import merge_clusters
 
 DENSE_LIMIT = 12936
 
@@ -141,7 +141,7 @@ def run_config(n, dim, data, state, repeats, with_dense, threads, size_penalty=0
     tracemalloc.start()
     for _ in range(repeats):
         start = time.perf_counter()
-        result = bottom_up_merge(features, labels, num_merges, size_penalty)
+        result = merge_clusters(features, labels, num_merges, size_penalty, with_costs=True)
         times.append(time.perf_counter() - start)
     traced_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()

@@ -1,62 +1,24 @@
-"""Bottom-up merging (Eq. 9-10): hand-computed merge orders and merge-for-merge agreement with a dense
-reference on many small random problems."""
-import itertools
+"""Bottom-up merging (Eq. 9-10): hand-computed merge orders for both the dense statement of the rule and
+the fast exact path, and merge-for-merge agreement of the two on many small random problems."""
+import functools
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from timm_gam.reid.clustering import balanced_cost, bottom_up_merge, cluster_purity, merge_clusters
+from timm_gam.reid.clustering import balanced_cost, cluster_purity, dense_merge, merge_clusters
 from timm_gam.reid.pair_search import LowerBoundProjection, PairSearch
 
 
 def dense_reference(features, labels, num_merges, size_penalty, distance='euclidean', size_update='step',
                     max_cluster_size=None):
-    """Obviously correct BUC step on the full distance matrix; returns (labels, merge costs)."""
-    x = np.asarray(features, dtype=np.float64)
-    _, cluster, start_size = np.unique(labels, return_inverse=True, return_counts=True)
-    diff = x[:, None] - x[None]
-    d0 = np.einsum('ijk,ijk->ij', diff, diff)
-    d0 = d0 if distance == 'sqeuclidean' else np.sqrt(d0)
-    parent, size = list(range(len(start_size))), list(start_size)
-    cap = max_cluster_size or np.inf
-
-    def find(a):
-        while parent[a] != a:
-            a = parent[a]
-        return a
-
-    pairs = list(itertools.combinations(range(len(x)), 2))
-    costs = []
-    while len(costs) < num_merges:
-        pairs = [(i, j) for i, j in pairs if find(cluster[i]) != find(cluster[j])
-                 and size[find(cluster[i])] + size[find(cluster[j])] <= cap]
-        if size_update == 'step':  # one pass in step-start cost order
-            walk = sorted((d0[i, j] + size_penalty * (start_size[cluster[i]] + start_size[cluster[j]]), i, j)
-                          for i, j in pairs)
-        else:  # the cheapest pair at the current sizes, recomputed after every union
-            walk = sorted((d0[i, j] + size_penalty * (size[find(cluster[i])] + size[find(cluster[j])]), i, j)
-                          for i, j in pairs)[:1]
-        progressed = False
-        for cost, i, j in walk:
-            a, b = find(cluster[i]), find(cluster[j])
-            if a == b or size[a] + size[b] > cap:
-                continue
-            parent[b], size[a] = a, size[a] + size[b]
-            costs.append(cost)
-            progressed = True
-            if len(costs) == num_merges or size_update == 'refresh':
-                break
-        if not progressed or size_update == 'step':
-            break
-    roots = np.array([find(c) for c in cluster])
-    return first_appearance(roots), np.array(costs)
-
-
-def first_appearance(labels):
-    mapping = {}
-    return np.array([mapping.setdefault(label, len(mapping)) for label in labels])
+    """The library's statement of the rule on the full distance matrix: (labels, merge costs)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', 'only', UserWarning)  # the size cap may forbid some merges
+        result = dense_merge(features, labels, num_merges, size_penalty, distance=distance,
+                             size_update=size_update, max_cluster_size=max_cluster_size)
+    return result.labels, result.merge_costs
 
 
 def random_problem(rng, n, dim, existing_clusters):
@@ -81,9 +43,9 @@ def test_matches_dense_reference_merge_for_merge(distance, size_update):
                                                           size_update, cap)
         with warnings.catch_warnings():
             warnings.filterwarnings('ignore', 'only', UserWarning)  # the size cap may forbid some merges
-            result = bottom_up_merge(features, labels, num_merges, penalty, distance=distance,
+            result = merge_clusters(features, labels, num_merges, penalty, distance=distance,
                                      size_update=size_update, max_cluster_size=cap,
-                                     points_per_cell=[256, 4][case % 2])
+                                     points_per_cell=[256, 4][case % 2], with_costs=True)
         np.testing.assert_array_equal(result.labels, expected_labels, err_msg=f'case {case}')
         np.testing.assert_allclose(result.merge_costs, expected_costs, rtol=1e-12, err_msg=f'case {case}')
         assert result.merge_costs.size == 0 or result.merge_costs[-1] <= result.threshold
@@ -120,8 +82,8 @@ def test_projected_search_matches_dense_reference(size_update):
         penalty = [0.005, 0.05][case // 2]
         expected_labels, expected_costs = dense_reference(features, labels, num_merges, penalty,
                                                           size_update=size_update)
-        result = bottom_up_merge(features, labels, num_merges, penalty, size_update=size_update,
-                                 points_per_cell=16)
+        result = merge_clusters(features, labels, num_merges, penalty, size_update=size_update,
+                                 points_per_cell=16, with_costs=True)
         np.testing.assert_array_equal(result.labels, expected_labels, err_msg=f'case {case}')
         np.testing.assert_allclose(result.merge_costs, expected_costs, rtol=1e-12, err_msg=f'case {case}')
 
@@ -139,7 +101,7 @@ def test_threshold_widens_until_certified(monkeypatch):
     original = PairSearch.pairs_within
     monkeypatch.setattr(PairSearch, 'pairs_within',
                         lambda self, threshold: searches.append(threshold) or original(self, threshold))
-    result = bottom_up_merge(features, labels, 6, 0.005)
+    result = merge_clusters(features, labels, 6, 0.005, with_costs=True)
     expected_labels, expected_costs = dense_reference(features, labels, 6, 0.005)
     assert len(searches) >= 2 and searches == sorted(searches)
     np.testing.assert_array_equal(result.labels, expected_labels)
@@ -150,31 +112,39 @@ def line(*xs):
     return np.array(xs, dtype=np.float64)[:, None]
 
 
-def test_balance_term_changes_which_pair_merges_first():
+# both implementations of one merging step, each returning a MergeResult
+BOTH = pytest.mark.parametrize('merge', [functools.partial(merge_clusters, with_costs=True), dense_merge],
+                               ids=['merge_clusters', 'dense_merge'])
+
+
+@BOTH
+def test_balance_term_changes_which_pair_merges_first(merge):
     # A = {0, 0.05} (an existing cluster of 2), B = {0.15}, C = {1.0}, D = {1.11}:
     # lambda = 0:    A-B costs 0.10 < C-D 0.11, so A and B merge.
     # lambda = 0.02: A-B costs 0.10 + 0.02 * 3 = 0.16 > C-D 0.11 + 0.02 * 2 = 0.15, so C and D merge.
     features, labels = line(0.0, 0.05, 0.15, 1.0, 1.11), np.array([0, 0, 1, 2, 3])
-    assert merge_clusters(features, labels, 1, 0.0).tolist() == [0, 0, 0, 1, 2]
-    result = bottom_up_merge(features, labels, 1, 0.02)
+    assert merge(features, labels, 1, 0.0).labels.tolist() == [0, 0, 0, 1, 2]
+    result = merge(features, labels, 1, 0.02)
     assert result.labels.tolist() == [0, 0, 1, 2, 2]
     assert result.merge_costs == pytest.approx([0.15])
 
 
-def test_step_sizes_chain_while_refresh_and_cap_do_not():
+@BOTH
+def test_step_sizes_chain_while_refresh_and_cap_do_not(merge):
     # Singletons 0, 1, 2.05 and 20, 21.12 with lambda 0.1, two merges. Step-start costs:
     # (0,1) 1.2 < (1,2.05) 1.25 < (20,21.12) 1.32, so BUC chains {0, 1, 2.05}. Refreshed after the
     # first union, (1,2.05) costs 1.05 + 0.1 * 3 = 1.35 > 1.32; a size cap of 2 forbids it outright.
     features, labels = line(0.0, 1.0, 2.05, 20.0, 21.12), np.arange(5)
-    assert merge_clusters(features, labels, 2, 0.1).tolist() == [0, 0, 0, 1, 2]
-    assert merge_clusters(features, labels, 2, 0.1, size_update='refresh').tolist() == [0, 0, 1, 2, 2]
-    assert merge_clusters(features, labels, 2, 0.1, max_cluster_size=2).tolist() == [0, 0, 1, 2, 2]
+    assert merge(features, labels, 2, 0.1).labels.tolist() == [0, 0, 0, 1, 2]
+    assert merge(features, labels, 2, 0.1, size_update='refresh').labels.tolist() == [0, 0, 1, 2, 2]
+    assert merge(features, labels, 2, 0.1, max_cluster_size=2).labels.tolist() == [0, 0, 1, 2, 2]
 
 
-def test_cluster_distance_is_single_linkage_and_sqeuclidean_option():
+@BOTH
+def test_cluster_distance_is_single_linkage_and_sqeuclidean_option(merge):
     # clusters {0, 3} and {3.5}: closest images are 0.5 apart although the centroid is 2 away
     features, labels = line(0.0, 3.0, 3.5, 10.0), np.array([5, 5, 9, 7])
-    result = bottom_up_merge(features, labels, 1, 0.0, distance='sqeuclidean')
+    result = merge(features, labels, 1, 0.0, distance='sqeuclidean')
     assert result.labels.tolist() == [0, 0, 0, 1] and result.merge_costs == pytest.approx([0.25])
 
 
@@ -197,17 +167,18 @@ def partition(labels, rows=None):
     return {frozenset(g) for g in groups.values()}
 
 
-def test_impossible_merges_warn_and_bad_input_is_named():
+@BOTH
+def test_impossible_merges_warn_and_bad_input_is_named(merge):
     features, labels = line(0.0, 1.0, 2.0, 3.0), np.arange(4)
     with pytest.warns(UserWarning, match='only 2 of 3 merges'):
-        merged = merge_clusters(features, labels, 3, max_cluster_size=2)
-    assert len(np.unique(merged)) == 2
+        merged = merge(features, labels, 3, max_cluster_size=2)
+    assert len(np.unique(merged.labels)) == 2
     with pytest.raises(ValueError, match='num_merges'):
-        merge_clusters(features, labels, 4)
+        merge(features, labels, 4)
     with pytest.raises(ValueError, match='labels must be 4 integers'):
-        merge_clusters(features, labels[:3], 1)
+        merge(features, labels[:3], 1)
     with pytest.raises(ValueError, match='distance'):
-        merge_clusters(features, labels, 1, distance='cosine')
+        merge(features, labels, 1, distance='cosine')
 
 
 def test_balanced_cost_is_eq10():

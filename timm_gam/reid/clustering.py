@@ -1,6 +1,8 @@
 """Bottom-up merging of clusters (paper Sec. 4.3, Eq. 9-10), exact and without an n x n matrix.
 
-One merging step follows BUC (Lin et al., AAAI 2019), which the paper builds on:
+:func:`dense_merge` states the rule on the full distance matrix, to be read (and to check against);
+:func:`merge_clusters` gives the same result without the matrix, in time and memory that scale to
+Market-1501 and beyond. One merging step follows BUC (Lin et al., AAAI 2019), which the paper builds on:
 
 * the distance of two clusters is the smallest distance between their images (single linkage), with
   ``d0`` the Euclidean distance of Eq. 9 (or its square, as BUC's code uses: ``distance='sqeuclidean'``);
@@ -13,16 +15,17 @@ Variants against chaining (many small clusters joining in one step): ``size_upda
 re-prices every pair with the current sizes after each union (always merging the currently cheapest
 pair), and ``max_cluster_size`` skips unions that would grow a cluster beyond it.
 
-Exactness without the dense matrix: every image pair costing at most a threshold ``T`` is found by
-an exact range search (:class:`~timm_gam.reid.pair_search.PairSearch`), and the merge process runs on
-those pairs. If it makes its ``num_merges`` unions with the last one costing at most ``T``, every
-pair left out costs more than anything accepted, so the result equals the dense computation;
-otherwise ``T`` grows and the search is redone. Costs are evaluated in float64 from the features, so
-exact ties between different costs are a measure-zero event; they are broken by cluster index, not by
-image order. The result (as a partition) does not depend on the order of the images.
+Exactness without the dense matrix (:func:`merge_clusters`): every image pair costing at most a
+threshold ``T`` is found by an exact range search (:class:`~timm_gam.reid.pair_search.PairSearch`),
+and the merge process runs on those pairs. If it makes its ``num_merges`` unions with the last one
+costing at most ``T``, every pair left out costs more than anything accepted, so the result equals
+the dense computation; otherwise ``T`` grows and the search is redone. Costs are evaluated in float64
+from the features, so exact ties between different costs are a measure-zero event; they are broken by
+cluster index, not by image order. The result (as a partition) does not depend on the order of the images.
 """
 import functools
 import heapq
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -32,7 +35,7 @@ import torch
 
 from .pair_search import ClusterPairs, PairSearch
 
-__all__ = ['MergeResult', 'balanced_cost', 'bottom_up_merge', 'cluster_purity', 'merge_clusters']
+__all__ = ['MergeResult', 'balanced_cost', 'cluster_purity', 'dense_merge', 'merge_clusters']
 
 DISTANCES = ('euclidean', 'sqeuclidean')
 SIZE_UPDATES = ('step', 'refresh')
@@ -56,8 +59,9 @@ class MergeResult:
 
 def merge_clusters(features, labels, num_merges: int, size_penalty: float = 0.005, *,
                    distance: str = 'euclidean', size_update: str = 'step', max_cluster_size=None,
-                   points_per_cell: int = 256) -> np.ndarray:
-    """Merge the closest clusters bottom-up (Eq. 9-10); returns the new (n,) int64 labels.
+                   points_per_cell: int = 256, with_costs: bool = False) -> np.ndarray | MergeResult:
+    """Merge the closest clusters bottom-up (Eq. 9-10); returns the new (n,) int64 labels, exactly those
+    of :func:`dense_merge`.
 
     Args:
         features: (n, d) embeddings, numpy or CPU torch (L2-normalised in practice).
@@ -68,27 +72,15 @@ def merge_clusters(features, labels, num_merges: int, size_penalty: float = 0.00
         size_update: ``'step'`` (BUC: sizes fixed at the step start) or ``'refresh'``.
         max_cluster_size: if set, unions that would make a larger cluster are skipped.
         points_per_cell: average Voronoi cell size of the range search; speed only, never the result.
+        with_costs: return a :class:`MergeResult` (labels, the unions' costs, the exactness certificate).
     """
-    return bottom_up_merge(features, labels, num_merges, size_penalty, distance=distance,
-                           size_update=size_update, max_cluster_size=max_cluster_size,
-                           points_per_cell=points_per_cell).labels
-
-
-def balanced_cost(d0, size_a, size_b, size_penalty: float):
-    """Eq. 10: ``d(x_i, x_j) = d0 + lambda * (|M_i| + |M_j|)``, the balanced merging cost."""
-    return d0 + size_penalty * (size_a + size_b)
-
-
-def bottom_up_merge(features, labels, num_merges: int, size_penalty: float = 0.005, *,
-                    distance: str = 'euclidean', size_update: str = 'step', max_cluster_size=None,
-                    points_per_cell: int = 256) -> MergeResult:
-    """:func:`merge_clusters` with the merge costs and the exactness certificate."""
     features = _check_features(features)
     cluster_of, sizes = _check_labels(labels, len(features))
     _check_options(num_merges, size_penalty, distance, size_update, max_cluster_size, len(sizes))
     process = MergeProcess(sizes, num_merges, size_penalty, size_update, max_cluster_size)
     if num_merges == 0:
-        return MergeResult(_first_appearance_labels(cluster_of), np.empty(0), -math.inf, 0)
+        result = MergeResult(_first_appearance_labels(cluster_of), np.empty(0), -math.inf, 0)
+        return result if with_costs else result.labels
 
     cost = functools.partial(balanced_cost, size_penalty=size_penalty)
     search = PairSearch(features, cluster_of, sizes, cost, distance, points_per_cell)
@@ -102,13 +94,68 @@ def bottom_up_merge(features, labels, num_merges: int, size_penalty: float = 0.0
         if outcome.num_merges == num_merges:
             threshold = outcome.last_cost  # size refreshes or the size cap made the last union dearer
         elif threshold >= search.largest_cost:
-            warnings.warn(f'only {outcome.num_merges} of {num_merges} merges are possible '
-                          f'(max_cluster_size={max_cluster_size}); returning those', stacklevel=2)
+            _warn_too_few(outcome.num_merges, num_merges, max_cluster_size)
             break
         else:
             threshold = search.grown_threshold(threshold)
     merged = outcome.roots()[cluster_of]
-    return MergeResult(_first_appearance_labels(merged), np.asarray(outcome.costs), threshold, len(pairs))
+    result = MergeResult(_first_appearance_labels(merged), np.asarray(outcome.costs), threshold, len(pairs))
+    return result if with_costs else result.labels
+
+
+def balanced_cost(d0, size_a, size_b, size_penalty: float):
+    """Eq. 10: ``d(x_i, x_j) = d0 + lambda * (|M_i| + |M_j|)``, the balanced merging cost."""
+    return d0 + size_penalty * (size_a + size_b)
+
+
+def dense_merge(features, labels, num_merges: int, size_penalty: float = 0.005, *,
+                distance: str = 'euclidean', size_update: str = 'step', max_cluster_size=None) -> MergeResult:
+    """One merging step on the full n x n distance matrix: the statement of Eq. 9-10 that
+    :func:`merge_clusters` computes faster; for small problems (memory grows as n^2)."""
+    features = _check_features(features).astype(np.float64)
+    cluster_of, start_size = _check_labels(labels, len(features))
+    _check_options(num_merges, size_penalty, distance, size_update, max_cluster_size, len(start_size))
+    squared = np.einsum('ijk,ijk->ij', features[:, None] - features[None], features[:, None] - features[None])
+    d0 = squared if distance == 'sqeuclidean' else np.sqrt(squared)  # Eq. 9 between images
+    outcome, size = MergeOutcome(len(start_size)), list(start_size)
+    cap = max_cluster_size or math.inf
+
+    def clusters(i, j):
+        return outcome.find(cluster_of[i]), outcome.find(cluster_of[j])
+
+    def joinable(i, j):
+        a, b = clusters(i, j)
+        return a != b and size[a] + size[b] <= cap
+
+    def union(cost, i, j):
+        a, b = clusters(i, j)
+        outcome.parent[b], size[a] = a, size[a] + size[b]
+        outcome.costs.append(cost)
+
+    def priced(i, j, sizes):  # Eq. 10 of an image pair, its clusters' sizes read from ``sizes``
+        a, b = (cluster_of[i], cluster_of[j]) if sizes is start_size else clusters(i, j)
+        return balanced_cost(d0[i, j], sizes[a], sizes[b], size_penalty), i, j
+
+    pairs = list(itertools.combinations(range(len(features)), 2))
+    if size_update == 'step':  # one pass in the order of the costs at the step's start sizes
+        for cost, i, j in sorted(priced(i, j, start_size) for i, j in pairs):
+            if outcome.num_merges < num_merges and joinable(i, j):
+                union(cost, i, j)
+    else:  # the cheapest joinable pair at the current sizes, again after every union
+        while outcome.num_merges < num_merges:
+            costs = [priced(i, j, size) for i, j in pairs if joinable(i, j)]
+            if not costs:
+                break
+            union(*min(costs))
+    if outcome.num_merges < num_merges:
+        _warn_too_few(outcome.num_merges, num_merges, max_cluster_size)
+    merged = outcome.roots()[cluster_of]
+    return MergeResult(_first_appearance_labels(merged), np.asarray(outcome.costs), math.inf, len(pairs))
+
+
+def _warn_too_few(made: int, wanted: int, max_cluster_size):
+    warnings.warn(f'only {made} of {wanted} merges are possible (max_cluster_size={max_cluster_size}); '
+                  'returning those', stacklevel=3)
 
 
 def cluster_purity(labels, true_ids) -> float:
