@@ -1,24 +1,17 @@
-"""benchmarks/paper_tables.py: each row is the recipe's paper method on one schedule with the row's model
+"""experiments/paper_tables.py: each row is the recipe's paper method on one schedule with the row's model
 and loss, and the sweep's bookkeeping (finished runs, stage curves of resumed runs) is right."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from recipe_scripts import load_recipe
+from recipe_scripts import load_experiment, load_recipe
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
+from timm_gam import release
 
 
 @pytest.fixture(scope='module')
 def tables():
-    sys.path.insert(0, str(BENCHMARKS))  # as when run as a script: it imports time_to_accuracy beside it
-    spec = importlib.util.spec_from_file_location('paper_tables', BENCHMARKS / 'paper_tables.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(BENCHMARKS))
+    return load_experiment('paper_tables')
 
 
 def test_every_row_is_the_cpu_hour_schedule_with_its_model_and_loss(tables):
@@ -83,8 +76,7 @@ def test_orderings_are_judged_against_the_spread(tables):
 
 
 def test_report_tabulates_finished_runs_and_their_orderings(tables, tmp_path, monkeypatch):
-    import time_to_accuracy
-    monkeypatch.setattr(time_to_accuracy, 'histogram_baseline', lambda root: {'rank1': 29.1, 'mAP': 14.7})
+    monkeypatch.setattr(release, 'measure_colour_histogram', lambda root: {'rank1': 29.1, 'mAP': 14.7})
     monkeypatch.setattr(tables, 'model_size', lambda name: (10.5, 0.91))
     runs = (('idl-acl-gam', 0, 12.0), ('idl-acl-gam', 1, 14.0), ('idl-acl-gam-g8', 0, 9.0))
     for name, seed, mean_ap in runs:

@@ -9,7 +9,6 @@
 Figures are drawn on ``matplotlib.figure.Figure`` objects, which render with the Agg canvas without pyplot,
 so nothing here touches matplotlib's global backend or needs a display.
 """
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,8 @@ from PIL import Image
 from .layers.grouped_attention import GroupedSpatialAttn
 from .reid.datasets import ReidImage, load_image
 from .reid.embedding import LoadedEmbedder, extract_embeddings
-from .reid.evaluation import pairwise_euclidean
+from .reid.evaluation import left_out_of_ranking, pairwise_euclidean
+from .reid.run_log import read_events
 from .reid.transforms import build_eval_transform
 
 __all__ = [
@@ -172,7 +172,7 @@ def rank_gallery(query_embeddings: torch.Tensor, gallery_embeddings: torch.Tenso
     ranked = []
     for row, image in enumerate(query):
         order = np.argsort(distances[row], kind='stable')
-        excluded = (gallery_pids[order] == image.pid) & (gallery_cams[order] == image.camid)
+        excluded = left_out_of_ranking(image.pid, image.camid, gallery_pids[order], gallery_cams[order])
         ranked.append(order[~excluded][:top_k].tolist())
     return ranked
 
@@ -284,25 +284,12 @@ def plot_tsne(models: Sequence[LoadedEmbedder], images: Sequence[ReidImage], ide
 
 
 def read_run_log(run: str | os.PathLike) -> dict[str, list[dict]]:
-    """The ``epoch`` and ``stage`` events of a run's ``log.jsonl`` in order, plus the untrained ``eval``.
-
-    A resumed run repeats the epochs after its last checkpoint; the later record of an epoch or stage wins.
-    """
-    path = Path(run) / 'log.jsonl'
-    if not path.is_file():
-        raise FileNotFoundError(f'{path} does not exist: pass the --output folder of a '
-                                'recipes/unsup_reid.py run')
-    epochs, stages, untrained = {}, {}, []
-    for line in path.read_text().splitlines():
-        event = json.loads(line)
-        if event['event'] == 'epoch':
-            epochs[event['epoch']] = event
-        elif event['event'] == 'stage':
-            stages[event['stage']] = event
-        elif event['event'] == 'eval' and event.get('stage') == -1:
-            untrained = [event]
-    return {'epochs': [epochs[k] for k in sorted(epochs)], 'stages': [stages[k] for k in sorted(stages)],
-            'untrained': untrained}
+    """The ``epoch`` and ``stage`` records of a run's ``log.jsonl`` in order, plus the untrained ``eval``
+    (:func:`~timm_gam.reid.run_log.read_events`: a resumed run's repeated records once)."""
+    records = read_events(run, 'epoch', 'stage', 'eval')
+    return {'epochs': [r for r in records if r['event'] == 'epoch'],
+            'stages': [r for r in records if r['event'] == 'stage'],
+            'untrained': [r for r in records if r['event'] == 'eval' and r.get('stage') == -1]}
 
 
 def plot_training_curves(runs: Sequence[str | os.PathLike], output: str | os.PathLike) -> Path:

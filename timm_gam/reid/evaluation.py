@@ -30,7 +30,7 @@ from .embedding import extract_embeddings
 from .transforms import build_eval_transform
 
 __all__ = ['evaluate_rank', 'pairwise_euclidean', 'evaluate_embeddings', 'evaluate_split', 'evaluate_model',
-           'has_labels', 'format_metrics']
+           'has_labels', 'format_metrics', 'left_out_of_ranking']
 
 
 def pairwise_euclidean(query_features, gallery_features) -> np.ndarray:
@@ -48,6 +48,11 @@ def pairwise_euclidean(query_features, gallery_features) -> np.ndarray:
                          f'{tuple(query.shape)} and {tuple(gallery.shape)}')
     squared = (query.pow(2).sum(1, keepdim=True) + gallery.pow(2).sum(1)).addmm_(query, gallery.T, alpha=-2)
     return squared.clamp_(min=0).sqrt_().numpy()
+
+
+def left_out_of_ranking(query_pid, query_camid, gallery_pids, gallery_camids) -> np.ndarray:
+    """The gallery images the protocol removes from a query's ranking: its identity in its own camera."""
+    return (np.asarray(gallery_pids) == query_pid) & (np.asarray(gallery_camids) == query_camid)
 
 
 def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50):
@@ -79,7 +84,7 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
     average_precisions = []
     for q in range(num_q):
         same_pid = gallery_by_pid.get(q_pids[q], no_images)
-        same_camera = g_camids[same_pid] == q_camids[q]
+        same_camera = left_out_of_ranking(q_pids[q], q_camids[q], g_pids[same_pid], g_camids[same_pid])
         matches, removed = same_pid[~same_camera], same_pid[same_camera]
         if matches.size == 0:
             continue  # the query's identity is not visible from another camera: skipped, as torchreid

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ['compile_for_training', 'cpu_model_name', 'describe_training_path', 'native_bf16',
-           'training_autocast_dtype']
+__all__ = ['compile_for_training', 'cpu_description', 'cpu_model_name', 'describe_training_path',
+           'native_bf16', 'training_autocast_dtype']
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -60,6 +60,11 @@ def cpu_model_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_description() -> str:
+    """The processor and its number of logical cores: what a figure measured on this machine names."""
+    return f'{cpu_model_name()}, {os.cpu_count()} cores'
 
 
 def describe_training_path(device: torch.device, autocast: torch.dtype | None, compiled: str,

@@ -2,9 +2,11 @@
 
 Training and ``--eval-only`` write the same two files, so scripts read the figures of either the
 same way. ``metrics.json`` is replaced atomically; ``log.jsonl`` only grows, and a line cut short by
-a kill is dropped when the log is opened again, so every line parses.
+a kill is dropped when the log is opened again, so every line parses. :class:`RunLog` is the one
+writer, :func:`read_events` the one reader.
 """
 import json
+import os
 import time
 from pathlib import Path
 
@@ -12,7 +14,10 @@ import numpy as np
 
 from .checkpoint import atomic_write_text
 
-__all__ = ['RunLog']
+__all__ = ['RunLog', 'read_events']
+
+# the records that measure a point of training; a resumed run logs again those after its last checkpoint
+MEASUREMENTS = ('eval', 'epoch', 'merge', 'stage', 'timed_eval')
 
 
 class RunLog:
@@ -39,6 +44,27 @@ class RunLog:
 
     def write_metrics(self, metrics: dict):
         atomic_write_text(self.metrics_path, json.dumps(metrics, indent=2, default=_jsonable) + '\n')
+
+
+def read_events(run: str | os.PathLike, *events: str) -> list[dict]:
+    """The records of the run folder ``run``'s ``log.jsonl`` in order, only those of ``events`` if named.
+
+    A run killed between logging a measurement and saving its checkpoint logs it again when resumed, the
+    same point of training (event, stage, epoch, steps) measured again: each point appears once, with
+    its latest record, where it was first logged.
+    """
+    path = Path(run) / 'log.jsonl'
+    if not path.is_file():
+        raise FileNotFoundError(f'{path} does not exist: pass the --output folder of a '
+                                'recipes/unsup_reid.py run')
+    unique = {}
+    for number, line in enumerate(path.read_text().splitlines()):
+        record = json.loads(line)
+        if events and record['event'] not in events:
+            continue
+        point = (record['event'], *(record.get(k) for k in ('stage', 'epoch', 'steps')))
+        unique[point if record['event'] in MEASUREMENTS else number] = record
+    return list(unique.values())
 
 
 def _jsonable(value):

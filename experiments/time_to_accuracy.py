@@ -1,8 +1,8 @@
 """Time to accuracy: train recipe variants against one budget of training minutes, tabulate and plot.
 
-    python benchmarks/time_to_accuracy.py --data-root ../shared/data/market1501-dev \\
+    python experiments/time_to_accuracy.py --data-root ../shared/data/market1501-dev \\
         --runs ~/.cache/timm-gam/runs/tta --budget-min 20 --eval-every-min 5 [--variants cpu-hour cpu ...]
-    python benchmarks/time_to_accuracy.py --data-root ... --runs ... --report-only   # table + figure only
+    python experiments/time_to_accuracy.py --data-root ... --runs ... --report-only   # table + figure only
 
 Each variant is one ``recipes/unsup_reid.py`` command with ``--time-budget-min`` and ``--eval-every-min``
 (the trainer stops its clock while it evaluates: the minutes are training minutes, DAWNBench's
@@ -13,16 +13,18 @@ later extends every run from where it stopped.
 The report (stdout, ``RUNS/time_to_accuracy.md``, ``RUNS/time_to_accuracy.png``) gives dev-test mAP and
 rank-1 at fixed training minutes, the best of each run, the minutes until the run first passed the
 HSV colour histogram's mAP (measured on the same split here). The paper's own rows run on a fixed
-schedule instead: benchmarks/paper_tables.py.
+schedule instead: experiments/paper_tables.py.
 Run variants alone on the machine: another job on the cores changes every minute on the clock.
 ``lscpu``'s model is printed with the table.
 """
 import argparse
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from timm_gam.reid.fast_path import cpu_description
+from timm_gam.reid.run_log import read_events
 
 RECIPE = Path(__file__).resolve().parent.parent / 'recipes' / 'unsup_reid.py'
 
@@ -36,10 +38,10 @@ VARIANTS = {
                             ['--preset', 'cpu', '--idl-negatives', 'memory']),
     'cpu-files': ('cpu on the files data path (DataLoader worker, torchvision transforms)',
                   ['--preset', 'cpu', '--data-path', 'files', '--workers', '1']),
-    # IDL* was the best row of the paper tables (docs/results.md, issue 11): does it hold per minute?
+    # IDL* was the best row of the paper tables (docs/results.md): does it hold per minute?
     'cpu-idl': ('cpu with IDL alone (Eq. 4-6; no ACL, no merging)', ['--preset', 'cpu', '--loss', 'idl']),
 }
-# the variants run by default: the levers of issue 10 (the paper's rows: benchmarks/paper_tables.py)
+# the variants run by default: the recipe's levers (the paper's rows: experiments/paper_tables.py)
 LEVERS = ['cpu-hour', 'cpu', 'cpu-no-camera', 'cpu-instance-memory']
 MARKS_MIN = (20, 60)
 
@@ -83,14 +85,11 @@ def _budget_of(output: Path) -> float:
 
 def curve(output: Path) -> list[dict]:
     """(training minutes, metrics) of every evaluation of a run, in order; the untrained one at 0."""
-    points = []
-    for line in (output / 'log.jsonl').read_text().splitlines():
-        event = json.loads(line)
-        if event['event'] == 'eval' and event.get('stage') == -1:
-            points.append({**event, 'train_minutes': 0.0})
-        elif event['event'] in ('timed_eval', 'stage') and 'mAP' in event:
-            points.append(event)
-    unique = {round(p['train_minutes'], 6): p for p in points}  # a stage end can also be the budget's end
+    points = [{**e, 'train_minutes': 0.0} if e['event'] == 'eval' else e
+              for e in read_events(output, 'eval', 'timed_eval', 'stage')
+              if 'mAP' in e and (e['event'] != 'eval' or e.get('stage') == -1)]
+    # a stage's end can be a mark's or the budget's too: the same weights, evaluated twice, count once
+    unique = {round(p['train_minutes'], 6): p for p in points}
     return sorted(unique.values(), key=lambda p: p['train_minutes'])
 
 
@@ -103,19 +102,11 @@ def at_minutes(points: list[dict], minutes: float) -> dict | None:
     return reached[-1] if reached else None
 
 
-def histogram_baseline(data_root: str) -> dict:
-    from timm_gam.reid.colour_histogram import colour_histogram_embeddings
-    from timm_gam.reid.datasets import EVALUATION_SPLITS, prepare_data
-    from timm_gam.reid.evaluation import evaluate_split
-    splits = prepare_data(data_root, splits=EVALUATION_SPLITS)
-    query, gallery = (colour_histogram_embeddings(images) for images in (splits.query, splits.gallery))
-    return evaluate_split(query, gallery, splits.query, splits.gallery)
-
-
 def report(args) -> str:
     runs = Path(args.runs).expanduser()
-    histogram = histogram_baseline(args.data_root)
-    cpu = cpu_model()
+    from timm_gam.release import measure_colour_histogram
+    histogram = measure_colour_histogram(args.data_root)
+    cpu = cpu_description()
     lines = [f'Training minutes alone on {cpu}, {args.eval_every_min:g}-minute evaluation marks; '
              f'HSV histogram: rank-1 {histogram["rank1"]:.1f}, mAP {histogram["mAP"]:.1f}.', '',
              '| variant | ' + ' | '.join(f'{m} min rank-1 / mAP' for m in MARKS_MIN)
@@ -133,8 +124,7 @@ def report(args) -> str:
             cells.append(f'{p["rank1"]:.1f} / {p["mAP"]:.1f}' if p else '-')
         best = max(points, key=lambda p: p['mAP'])
         passed = next((p['train_minutes'] for p in points if p['mAP'] > histogram['mAP']), None)
-        events = [json.loads(line) for line in (output / 'log.jsonl').read_text().splitlines()]
-        speeds = [e['images_per_s'] for e in events if e['event'] == 'epoch']
+        speeds = [e['images_per_s'] for e in read_events(output, 'epoch')]
         speed = f'{sorted(speeds)[len(speeds) // 2]:.1f}' if speeds else '-'
         lines.append(f'| {name} | ' + ' | '.join(cells)
                      + f' | {best["rank1"]:.1f} / {best["mAP"]:.1f} ({best["train_minutes"]:.0f}) | '
@@ -165,15 +155,6 @@ def _plot(curves: dict, histogram: dict, path: Path, cpu: str) -> None:
     fig.suptitle(f'time to accuracy, gam_resnet50_g4, {cpu}', fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(['lscpu'], capture_output=True, text=True, check=True).stdout
-        fields = dict(line.split(':', 1) for line in out.splitlines() if ':' in line)
-        return f'{fields["Model name"].strip()}, {fields["CPU(s)"].strip()} cores'
-    except (OSError, subprocess.CalledProcessError, KeyError):  # no lscpu, or one without these fields
-        return platform.processor() or platform.machine()
 
 
 def main(argv=None):

@@ -1,8 +1,8 @@
 """The paper's Tables 2 and 6 at CPU scale: every row on one fixed schedule, measured beside the paper's.
 
-    python benchmarks/paper_tables.py --data-root ../shared/data/market1501-dev \\
+    python experiments/paper_tables.py --data-root ../shared/data/market1501-dev \\
         --runs ~/.cache/timm-gam/runs/paper-tables [--rows idl-acl-gam buc ...] [--seeds 0 1] [--parallel 2]
-    python benchmarks/paper_tables.py --data-root ... --runs ... --report-only   # table + figure only
+    python experiments/paper_tables.py --data-root ... --runs ... --report-only   # table + figure only
 
 Every row is one ``recipes/unsup_reid.py`` command: the paper's method at the ``cpu-hour`` schedule (64x32
 input, 1024-d embedding, two warm-up epochs, four stages of one epoch merging 22% of the images each: six
@@ -19,7 +19,7 @@ merges can cost accuracy), the parameters and GMACs of the model
 (as docs/models.md counts them), the training minutes, and the paper's rank-1 / mAP (Market-1501 at
 256x128 after about 60 epochs on a GPU: for comparing orderings, not values). Extra rows: the HSV colour
 histogram, computed from ``--data-root`` by each report, and the recommended ``cpu`` recipe
-(training-minute budget, benchmarks/time_to_accuracy.py) when its run exists. Below the table, each
+(training-minute budget, experiments/time_to_accuracy.py) when its run exists. Below the table, each
 ordering the paper reports is checked pair by pair: holds, reversed, or within the run-to-run spread.
 """
 import argparse
@@ -30,6 +30,9 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from timm_gam.reid.fast_path import cpu_description
+from timm_gam.reid.run_log import read_events
 
 RECIPE = Path(__file__).resolve().parent.parent / 'recipes' / 'unsup_reid.py'
 
@@ -78,7 +81,7 @@ CLAIMS = {
 }
 # mAP by which two runs of one configuration differ at this scale (docs/results.md: the g4 cpu-hour rerun)
 RUN_TO_RUN_SPREAD = 1.5
-# the recommended CPU recipe's run of benchmarks/time_to_accuracy.py, an extra row when present
+# the recommended CPU recipe's run of experiments/time_to_accuracy.py, an extra row when present
 CPU_RECIPE_RUN = Path('~/.cache/timm-gam/runs/tta/cpu')
 
 
@@ -145,16 +148,8 @@ def sweep(args) -> None:
 
 def stage_curve(output: Path) -> list[dict]:
     """The evaluation after the untrained start and after every stage, in order."""
-    points = []
-    for line in (output / 'log.jsonl').read_text().splitlines():
-        event = json.loads(line)
-        if event['event'] == 'eval' and event.get('stage') == -1:
-            points.append({**event, 'epoch': 0.0})
-        elif event['event'] == 'stage' and 'mAP' in event:
-            points.append(event)
-    # a stage is logged twice when a run was killed between logging it and saving its checkpoint, the
-    # untrained evaluation again when one was killed before its first checkpoint
-    return list({p['epoch']: p for p in points}.values())
+    return [{**e, 'epoch': 0.0} if e['event'] == 'eval' else e for e in read_events(output, 'eval', 'stage')
+            if (e['event'] == 'eval' and e.get('stage') == -1) or (e['event'] == 'stage' and 'mAP' in e)]
 
 
 def model_size(model_name: str) -> tuple[float, float]:
@@ -182,11 +177,11 @@ def _cell(values: list[float]) -> str:
 
 
 def report(args) -> str:
-    from time_to_accuracy import cpu_model, histogram_baseline
+    from timm_gam.release import measure_colour_histogram
     runs = Path(args.runs).expanduser()
-    histogram = histogram_baseline(args.data_root)
-    lines = [f'Dev-test rank-1 / mAP after the cpu-hour schedule (6 epochs at 64x32, 1024-d), {cpu_model()}; '
-             'several seeds: mean ± half the range.', '',
+    histogram = measure_colour_histogram(args.data_root)
+    lines = [f'Dev-test rank-1 / mAP after the cpu-hour schedule (6 epochs at 64x32, 1024-d), '
+             f'{cpu_description()}; several seeds: mean ± half the range.', '',
              '| table | row | model | params (M) | GMACs 256x128 | seeds | rank-1 | mAP '
              '| per seed (rank-1 / mAP) | best stage mAP (epoch) | train min | paper rank-1 / mAP |',
              '|---|' + '---|' * 11]
@@ -256,8 +251,7 @@ def _cpu_recipe_row(output: Path) -> str | None:
     """The ``cpu`` preset's run: its evaluation nearest six epochs (the schedule of the rows) and its last."""
     if not (output / 'log.jsonl').exists():
         return None
-    events = [json.loads(line) for line in (output / 'log.jsonl').read_text().splitlines()]
-    points = [e for e in events if e['event'] in ('timed_eval', 'stage') and 'mAP' in e]
+    points = [e for e in read_events(output, 'timed_eval', 'stage') if 'mAP' in e]
     if not points:
         return None
     seed = json.loads((output / 'config.json').read_text())['seed']

@@ -1,7 +1,7 @@
 """Compare the bottom-up merging variants on the same embeddings: BUC's step-start sizes, sizes
 refreshed after each union, a maximum cluster size, and merging on camera-centred embeddings.
 
-    python benchmarks/compare_merging.py --checkpoint runs/g4/checkpoint.pt \\
+    python experiments/compare_merging.py --checkpoint runs/g4/checkpoint.pt \\
         --data-root ../shared/data/market1501-dev --merge-percent 0.05 --stages 18
 
 Embeds the training images once with the checkpoint's model, then runs the merge stages back to back
