@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from release_checkpoints import tiny_training_run
 
 from timm_gam import cli
 
@@ -27,9 +26,9 @@ def test_recipe_subcommands_hand_their_arguments_to_the_recipes(capsys):
     assert '--warmup-epochs' in capsys.readouterr().out  # recipes/unsup_reid.py's own flags
 
 
-def test_eval_is_the_recipes_eval_only(tmp_path):
-    config, metrics = tiny_training_run(tmp_path / 'run')
+def test_eval_is_the_recipes_eval_only(tiny_run, tmp_path):
     output = tmp_path / 'eval'
-    assert cli.main(['eval', '--checkpoint', f'{config.output}/checkpoint.pt',
-                     '--data-root', f'{config.output}/data/synthetic', '--output', str(output)]) == 0
-    assert json.loads((output / 'metrics.json').read_text())['mAP'] == pytest.approx(metrics['mAP'], abs=1e-6)
+    assert cli.main(['eval', '--checkpoint', str(tiny_run.checkpoint), '--data-root', str(tiny_run.data_root),
+                     '--output', str(output)]) == 0
+    assert json.loads((output / 'metrics.json').read_text())['mAP'] == pytest.approx(tiny_run.metrics['mAP'],
+                                                                                    abs=1e-6)

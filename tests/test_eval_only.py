@@ -1,5 +1,5 @@
 """``recipes/unsup_reid.py --eval-only``: the model's sizes come from its weights, a test set alone is
-enough, and the figures land in ``--output`` as a training run's do (issue 9, items 3-5)."""
+enough, and the figures land in ``--output`` as a training run's do."""
 import json
 import os
 import shutil
@@ -8,7 +8,6 @@ import sys
 
 import pytest
 from recipe_scripts import RECIPE, load_recipe
-from release_checkpoints import tiny_training_run
 from test_release import RELEASE, REPO_ID
 
 from timm_gam import hub
@@ -18,14 +17,13 @@ recipe = load_recipe('unsup_reid')
 
 
 @pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory):
-    """A finished smoke run, and a copy of its data set's test split alone (query/ and bounding_box_test/)."""
-    config, metrics = tiny_training_run(tmp_path_factory.mktemp('run'))
+def tiny_run(tiny_run, tmp_path_factory):
+    """The session's smoke run, and a copy of its test split alone (query/ and bounding_box_test/)."""
     data = tmp_path_factory.mktemp('testset') / 'market'
     for split in ('query', 'gallery'):
         folder = MARKET_FOLDERS[split]
-        shutil.copytree(f'{config.output}/data/synthetic/{folder}', data / folder)
-    return config, metrics, f'{config.output}/checkpoint.pt', data
+        shutil.copytree(tiny_run.data_root / folder, data / folder)
+    return tiny_run.config, tiny_run.metrics, str(tiny_run.checkpoint), data
 
 
 def test_a_test_set_alone_is_enough_and_the_figures_are_written(tiny_run, tmp_path):

@@ -12,7 +12,6 @@ import pytest
 import timm
 import torch
 from PIL import Image
-from release_checkpoints import tiny_training_run
 from test_release import RELEASE, REPO_ID
 
 from timm_gam import cli, hub
@@ -53,10 +52,9 @@ def onnx_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory):
-    """A finished smoke run: its checkpoint and its synthetic data set."""
-    config, _ = tiny_training_run(tmp_path_factory.mktemp('run'))
-    return Path(config.output) / 'checkpoint.pt', Path(config.output) / 'data' / 'synthetic'
+def tiny_run(tiny_run):
+    """The session's smoke run: its checkpoint and its synthetic data set."""
+    return tiny_run.checkpoint, tiny_run.data_root
 
 
 @pytest.fixture(scope='module')

@@ -14,7 +14,6 @@ import timm
 import torch
 from huggingface_hub import ModelCard
 from recipe_scripts import load_recipe
-from release_checkpoints import tiny_training_run
 from test_hub import assert_same_tensors, run_offline
 
 from timm_gam import hub, model_card, release
@@ -27,9 +26,8 @@ FP16_REPO_ID = 'timm-gam/test_convnext.publish-fp16'
 
 
 @pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory):
-    config, metrics = tiny_training_run(tmp_path_factory.mktemp('run'))
-    return config, metrics, Path(config.output) / 'checkpoint.pt', Path(config.output) / 'data' / 'synthetic'
+def tiny_run(tiny_run):
+    return tiny_run.config, tiny_run.metrics, tiny_run.checkpoint, tiny_run.data_root
 
 
 @pytest.fixture(scope='module')

@@ -1,12 +1,14 @@
-"""recipes/visualize.py: every subcommand writes a PNG that PIL opens, from tiny synthetic runs and models."""
+"""recipes/visualize.py: every subcommand writes a PNG that shows something, from tiny synthetic runs and
+models; the ranked lists hold one picture per rank."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
 from PIL import Image
 from recipe_scripts import load_recipe
-from release_checkpoints import save_untrained_checkpoint, tiny_training_run
+from release_checkpoints import save_untrained_checkpoint
 
 from timm_gam import visualize
 from timm_gam.reid import ReidImage, create_embedder
@@ -18,15 +20,21 @@ def recipe():
 
 
 @pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory):
-    config, _ = tiny_training_run(tmp_path_factory.mktemp('run'))
-    return Path(config.output)
+def tiny_run(tiny_run):
+    return tiny_run.folder
 
 
 def assert_png(path: Path):
+    """A PNG that shows something: coloured pixels (channels more than 60 apart: neither the white page
+    nor the black and grey of frames and text, which an empty figure still has) make up more than 0.2%
+    of it, in more than a hundred shades. A blank picture, or empty axes, fail."""
     assert path.suffix == '.png' and path.stat().st_size > 0
     with Image.open(path) as image:
         assert image.format == 'PNG' and min(image.size) > 50
+        pixels = np.asarray(image.convert('RGB')).astype(np.int16)
+    coloured = (pixels.max(axis=2) - pixels.min(axis=2)) > 60
+    assert coloured.mean() > 0.002, f'{path.name} shows nothing in colour'
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100, f'{path.name} has almost no shades'
 
 
 def test_attention_gam_and_cbam_side_by_side(recipe, tiny_run, tmp_path):
@@ -65,11 +73,21 @@ def test_activation_maps_for_a_model_without_attention(tmp_path, tiny_run):
     assert_png(visualize.plot_attention([loaded], [image], tmp_path / 'a.png', blocks='stages'))  # auto
 
 
-def test_ranks(recipe, tiny_run, tmp_path):
+def test_ranks_show_each_query_then_one_picture_per_rank(recipe, tiny_run, tmp_path, monkeypatch):
+    figures = []
+    draw = visualize._ranked_rows_figure
+    monkeypatch.setattr(visualize, '_ranked_rows_figure', lambda *a, **k: figures.append(draw(*a, **k)) or
+                        figures[-1])
     out = recipe.main(['ranks', '--checkpoint', str(tiny_run / 'checkpoint.pt'), '--data-root',
-                       str(tiny_run / 'data' / 'synthetic'), '--num-queries', '2', '--output',
+                       str(tiny_run / 'data' / 'synthetic'), '--num-queries', '2', '--top-k', '5', '--output',
                        str(tmp_path / 'ranks.png')])
     assert_png(out)
+    (figure,) = figures
+    shown = [ax for ax in figure.axes if ax.images]
+    assert len(shown) == 2 * (1 + 5)  # per query: the query, then ranks 1..5
+    assert [ax.get_title() for ax in shown[1:6]] == ['1', '2', '3', '4', '5']
+    for ax in shown:  # every tile a person crop, not an empty frame
+        assert np.asarray(ax.images[0].get_array()).std() > 5
 
 
 def test_ranking_leaves_out_same_identity_same_camera():
@@ -87,6 +105,8 @@ def test_tsne_one_panel_per_model(recipe, tiny_run, tmp_path):
     one = recipe.main(['tsne', '--checkpoint', checkpoint, '--data-root',
                        str(tiny_run / 'data' / 'synthetic'), '--num-ids', '4', '--output',
                        str(tmp_path / 'tsne1.png')])
+    assert_png(out)
+    assert_png(one)
     assert Image.open(out).width > 1.5 * Image.open(one).width
 
 
