@@ -1,4 +1,4 @@
-"""Bad input for the recipe (issue 6): one ``error: ...`` line naming the path and the fix, exit status 2.
+"""Bad input for the recipe: one ``error: ...`` line naming the path and the fix, exit status 2.
 
 Image-level problems (corrupt, zero-byte, grayscale, 16-bit files, misnamed files, the name parser) are
 covered where they are detected, in ``test_datasets.py``; here the whole command line meets them, plus the

@@ -1,4 +1,4 @@
-"""Readers, file-name parsing and image loading, including every bad input of issue 6."""
+"""Readers, file-name parsing and image loading, including every bad input they refuse."""
 import warnings
 
 import numpy as np

@@ -1,8 +1,8 @@
 """Same seed, same machine: the same clusters and metrics; and the same again with the files renamed.
 
 Renaming reorders the path-sorted file list. The trainer trains in content order
-(:func:`~timm_gam.reid.datasets.in_content_order`), so the run must not notice (issue 3: results are
-invariant to the order of the file list).
+(:func:`~timm_gam.reid.datasets.in_content_order`), so the run must not notice: results are
+invariant to the order of the file list.
 """
 import shutil
 from pathlib import Path

@@ -7,8 +7,7 @@ Xuan & Zhang CVPR 2021 all use it). A network trained without identities learns 
 by two cameras. Subtracting each camera's mean embedding and normalising again removes the part shared by
 everything one camera sees, so that nearest neighbours, and clusters built from them, cross cameras.
 Zhuang et al. (ECCV 2020, camera-based batch normalisation) apply the same per-camera standardisation
-inside the network. Measured on the first released g4 weights, centring query and gallery per camera
-lifted dev-test mAP from 13.1 to 16.0 (issue 10).
+inside the network. What it does to the released weights' dev-test figures is in docs/results.md.
 """
 import torch
 import torch.nn.functional as F

@@ -69,14 +69,6 @@ class ReidSplits:
     name: str
     root: Path
 
-    def summary(self) -> str:
-        def describe(images):
-            pids = {im.pid for im in images if im.pid >= 0}
-            cams = {im.camid for im in images if im.camid >= 0}
-            return f'{len(images)} images, {len(pids)} ids, {len(cams)} cameras'
-        return (f'{self.name} at {self.root}: train {describe(self.train)}; query {describe(self.query)}; '
-                f'gallery {describe(self.gallery)}')
-
 
 class ImageLoadError(ValueError):
     """An image file that cannot be decoded (truncated, empty, not an image, missing)."""

@@ -33,10 +33,6 @@ class ClusterMemory:
         sums.index_add_(0, cluster_labels.long().cpu(), embeddings.detach().float().cpu())
         return cls(sums, momentum)
 
-    @property
-    def num_clusters(self) -> int:
-        return self.centroids.shape[0]
-
     def to(self, device) -> 'ClusterMemory':
         self.centroids = self.centroids.to(device)
         return self
