@@ -1,7 +1,7 @@
 """Label-free person re-ID training and evaluation (Nikhal & Riggan, WACV 2021).
 
     python recipes/unsup_reid.py                                  # synthetic set, tiny GAM net, 2 CPU-min
-    python recipes/unsup_reid.py --preset cpu-hour --data-root ../shared/data/market1501-dev \\
+    python recipes/unsup_reid.py --preset cpu --data-root ../shared/data/market1501-dev \\
         --output runs/g4-cpu                                      # real data, under an hour on 2 cores
     python recipes/unsup_reid.py --preset paper --data-root DATA --output runs/g4   # full size (GPU)
     python recipes/unsup_reid.py --output runs/g4 --resume        # continue a killed run as it was started
@@ -10,16 +10,16 @@
     python recipes/unsup_reid.py --preset smoke --model test_convnext   # the whole pipeline in a minute
     torchrun --standalone --nproc_per_node=2 recipes/unsup_reid.py ...  # DDP: nccl on GPUs, gloo on CPUs
 
-``--eval-only`` takes the embedding and input size from the weights (a flag that disagrees is an
-error), reads only ``query/`` and ``bounding_box_test/`` of DATA, and writes ``metrics.json`` and
-``log.jsonl`` into ``--output`` (default runs/unsup_reid-eval).
+`--eval-only` takes the embedding and input size from the weights (a flag that disagrees is an
+error), reads only `query/` and `bounding_box_test/` of DATA, and writes `metrics.json` and
+`log.jsonl` into `--output` (default runs/unsup_reid-eval).
 
 Bad input (a missing data root, misnamed folders, a checkpoint of another model, a loss gone NaN)
-ends with one ``error: ...`` line naming the path and the fix, and exit status 2.
+ends with one `error: ...` line naming the path and the fix, and exit status 2.
 
-The paper's ablation rows are one flag apart: ``--loss acl --model resnet50`` (BUC-style),
-``--loss idl``, ``--loss idl+acl``, ``--model cbam_resnet50`` (+CBAM), ``--model acbam_resnet50``
-(+A-CBAM), ``--model gam_resnet50_g4`` (+GAM, the default with --data-root). Any timm model name works.
+The paper's ablation rows are one flag apart: `--loss acl --model resnet50` (BUC-style),
+`--loss idl`, `--loss idl+acl`, `--model cbam_resnet50` (+CBAM), `--model acbam_resnet50`
+(+A-CBAM), `--model gam_resnet50_g4` (+GAM, the default with --data-root). Any timm model name works.
 """
 import argparse
 import json
