@@ -19,7 +19,7 @@ from test_hub import assert_same_tensors, run_offline
 from timm_gam import hub, model_card, release
 from timm_gam.reid import LoadedEmbedder, ReidEmbedder, load_embedder
 from timm_gam.reid.checkpoint import TrainingCheckpoint, load_checkpoint
-from timm_gam.reid.trainer import TrainConfig
+from timm_gam.reid.config import FIELDS_WITHOUT_FLAG, TrainConfig
 
 FP32_REPO_ID = 'timm-gam/test_convnext.publish-fp32'
 FP16_REPO_ID = 'timm-gam/test_convnext.publish-fp16'
@@ -123,12 +123,12 @@ def test_a_checkpoint_saved_mid_stage_has_no_metrics_to_copy(tiny_run):
 
 def test_recipe_command_sets_every_flag_of_the_recipe(tiny_run):
     """The card's command, parsed by recipes/unsup_reid.py, gives back the run's configuration; every
-    TrainConfig field is either a recipe flag or listed as having none."""
+    TrainConfig field is either a recipe flag or counted among those without one."""
     config, _, _, _ = tiny_run
     recipe = load_recipe('unsup_reid')
     flags = set(vars(recipe.parse_args([])))
     no_flag = {f.name for f in fields(TrainConfig)} - flags
-    assert no_flag == set(model_card.CONFIG_WITHOUT_FLAG)
+    assert no_flag == set(FIELDS_WITHOUT_FLAG)
     saved = json.loads(Path(config.output, 'config.json').read_text())
     command = shlex.split(model_card.recipe_command(saved))
     assert command[:2] == ['python', 'recipes/unsup_reid.py']

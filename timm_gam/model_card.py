@@ -16,7 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .card_metadata import CITATION, INSTALL, baseline_paragraph, card_data, split_note, with_metadata
-from .reid.config import TrainConfig
+from .reid.config import FIELDS_WITHOUT_FLAG, TrainConfig
 from .reid.embedding import LoadedEmbedder
 
 __all__ = ['RESEARCH_ONLY_DATASETS', 'count_gmacs', 'recipe_command', 'settings_without_flag',
@@ -24,10 +24,8 @@ __all__ = ['RESEARCH_ONLY_DATASETS', 'count_gmacs', 'recipe_command', 'settings_
 
 # data sets whose terms allow research use only; weights trained on them inherit the restriction
 RESEARCH_ONLY_DATASETS = {'market1501': 'Market-1501', 'dukemtmc': 'DukeMTMC-reID'}
-# TrainConfig fields recipes/unsup_reid.py has no flag for (tests/test_publish.py checks this against its
-# parser): the card lists those not at their default, leaving out the ones that cannot change the weights
-CONFIG_WITHOUT_FLAG = (
-    'momentum', 'memory_momentum', 'lr_decay', 'eval_batch_size', 'log_every', 'synthetic')
+# of the TrainConfig fields without a recipe flag (FIELDS_WITHOUT_FLAG), the card lists those not at their
+# default, leaving out the ones that cannot change the weights
 _CONFIG_NOT_AFFECTING_WEIGHTS = ('eval_batch_size', 'log_every', 'eval_every_min')
 
 
@@ -55,7 +53,7 @@ def recipe_command(config: dict, data_root: str | None = None, output: str | Non
     args = ['python', 'recipes/unsup_reid.py']
     for field in fields(TrainConfig):
         name, value = field.name, config.get(field.name, defaults[field.name])
-        if name in CONFIG_WITHOUT_FLAG or value is None:
+        if name in FIELDS_WITHOUT_FLAG or value is None:
             continue
         flag = '--' + name.replace('_', '-')
         if name == 'amp':
@@ -72,7 +70,7 @@ def recipe_command(config: dict, data_root: str | None = None, output: str | Non
 def settings_without_flag(config: dict) -> dict:
     """Settings of ``config`` that differ from TrainConfig's defaults and have no recipe flag."""
     defaults = asdict(TrainConfig())
-    return {k: config[k] for k in CONFIG_WITHOUT_FLAG
+    return {k: config[k] for k in FIELDS_WITHOUT_FLAG
             if k not in _CONFIG_NOT_AFFECTING_WEIGHTS and k in config and config[k] != defaults[k]}
 
 

@@ -16,8 +16,8 @@ from .clustering import DISTANCES, SIZE_UPDATES
 from .datasets import LAYOUTS
 from .synthetic import make_synthetic_reid
 
-__all__ = ['DATA_PATHS', 'IDL_NEGATIVES', 'LOSSES', 'TrainConfig', 'add_config_flags', 'learning_rate',
-           'merges_for_stage', 'stage_epochs']
+__all__ = ['DATA_PATHS', 'FIELDS_WITHOUT_FLAG', 'IDL_NEGATIVES', 'LOSSES', 'TrainConfig', 'add_config_flags',
+           'learning_rate', 'merges_for_stage', 'stage_epochs']
 
 LOSSES = ('idl', 'acl', 'idl+acl')
 # 'files': decode and augment each image in DataLoader workers (torchvision); 'decoded': decode the
@@ -165,6 +165,10 @@ _RANGES = (
     ('log_every', 1, _INF, 'a positive integer'), ('time_budget_min', 1e-9, _INF, 'positive minutes'),
     ('eval_every_min', 1e-9, _INF, 'positive minutes'),
 )
+
+
+# the fields a run can set only in code or a preset, not on the recipe's command line
+FIELDS_WITHOUT_FLAG = tuple(f.name for f in fields(TrainConfig) if 'flag' not in f.metadata)
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

@@ -310,7 +310,7 @@ def _open_decoded(path: str | Path, draft_size: tuple[int, int] | None = None) -
         size = path.stat().st_size if path.exists() else 0
         problem = 'is empty (0 bytes)' if size == 0 else f'cannot be decoded ({e})'
         raise ImageLoadError(f'image {path} {problem}; it is truncated, corrupt or not an image: '
-                             f'delete or replace it (training leaves unreadable files out, naming each)') from None
+                             f'delete or replace it (training leaves such files out)') from None
 
 
 def load_image(path: str | Path) -> Image.Image:
