@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from timm_gam.reid.fast_path import cpu_description
-from timm_gam.reid.run_log import read_events
+from timm_gam.reid.run_log import evaluation_curve, read_events
 
 RECIPE = Path(__file__).resolve().parent.parent / 'recipes' / 'unsup_reid.py'
 
@@ -83,16 +83,6 @@ def _budget_of(output: Path) -> float:
     return float('inf') if stages_done else (config.get('time_budget_min') or float('inf'))
 
 
-def curve(output: Path) -> list[dict]:
-    """(training minutes, metrics) of every evaluation of a run, in order; the untrained one at 0."""
-    points = [{**e, 'train_minutes': 0.0} if e['event'] == 'eval' else e
-              for e in read_events(output, 'eval', 'timed_eval', 'stage')
-              if 'mAP' in e and (e['event'] != 'eval' or e.get('stage') == -1)]
-    # a stage's end can be a mark's or the budget's too: the same weights, evaluated twice, count once
-    unique = {round(p['train_minutes'], 6): p for p in points}
-    return sorted(unique.values(), key=lambda p: p['train_minutes'])
-
-
 def at_minutes(points: list[dict], minutes: float) -> dict | None:
     """The last evaluation made by ``minutes`` of training, if the run got that far; a mark's evaluation
     starts after the step that passed it, so up to 0.1 minute past the mark counts."""
@@ -117,7 +107,7 @@ def report(args) -> str:
         output = runs / name
         if not (output / 'log.jsonl').exists():
             continue
-        points = curves[name] = curve(output)
+        points = curves[name] = evaluation_curve(output)
         cells = []
         for mark in MARKS_MIN:
             p = at_minutes(points, mark)

@@ -3,7 +3,7 @@ again, and the experiments' curves read through it."""
 import pytest
 from recipe_scripts import load_experiment
 
-from timm_gam.reid.run_log import RunLog, read_events
+from timm_gam.reid.run_log import RunLog, evaluation_curve, read_events
 
 UNTRAINED = dict(stage=-1, rank1=1.0, mAP=1.0)
 
@@ -38,7 +38,14 @@ def test_a_folder_without_a_log_names_the_fix(tmp_path):
         read_events(tmp_path)
 
 
-def test_the_time_to_accuracy_curve_counts_a_relogged_stage_once(tmp_path):
+def test_the_evaluation_curve_counts_a_relogged_stage_once(tmp_path):
     # the repeated stage 0 was measured at another training minute (1.0 then 2.0): still one point
-    points = load_experiment('time_to_accuracy').curve(resumed_run(tmp_path))
+    points = evaluation_curve(resumed_run(tmp_path))
     assert [(p['train_minutes'], p['mAP']) for p in points] == [(0.0, 1.0), (2.0, 5.0), (4.0, 6.0)]
+
+
+def test_the_training_curve_table_gives_each_evaluation_its_epoch_and_learning_rate(tmp_path):
+    table = load_experiment('training_curve').markdown(resumed_run(tmp_path)).splitlines()
+    # the untrained evaluation, then stage 0 (epoch 1.0, after the repeated epoch record) and stage 1
+    assert [row.split(' | ')[0] for row in table[2:]] == ['| 0.0', '| 1.0', '| 2.0']
+    assert [row.split(' | ')[-1] for row in table[2:]] == ['1.0 |', '5.0 |', '6.0 |']

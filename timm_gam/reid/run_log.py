@@ -14,7 +14,7 @@ import numpy as np
 
 from .checkpoint import atomic_write_text
 
-__all__ = ['RunLog', 'read_events']
+__all__ = ['RunLog', 'evaluation_curve', 'read_events']
 
 # the records that measure a point of training; a resumed run logs again those after its last checkpoint
 MEASUREMENTS = ('eval', 'epoch', 'merge', 'stage', 'timed_eval')
@@ -65,6 +65,20 @@ def read_events(run: str | os.PathLike, *events: str) -> list[dict]:
         point = (record['event'], *(record.get(k) for k in ('stage', 'epoch', 'steps')))
         unique[point if record['event'] in MEASUREMENTS else number] = record
     return list(unique.values())
+
+
+def evaluation_curve(run: str | os.PathLike) -> list[dict]:
+    """Every query/gallery evaluation of the run folder ``run`` in training order: the untrained one at 0
+    training minutes, then the timed marks and the stage ends.
+
+    A stage's end can be a mark's too (or the time budget's): the same weights evaluated twice at the
+    same training minute count once.
+    """
+    points = [{**e, 'train_minutes': 0.0} if e['event'] == 'eval' else e
+              for e in read_events(run, 'eval', 'timed_eval', 'stage')
+              if 'mAP' in e and (e['event'] != 'eval' or e.get('stage') == -1)]
+    unique = {round(p['train_minutes'], 6): p for p in points}
+    return sorted(unique.values(), key=lambda p: p['train_minutes'])
 
 
 def _jsonable(value):
