@@ -165,3 +165,34 @@ def test_fp16_refuses_weights_beyond_its_range(tiny_run):
         loaded.backbone.head.fc.bias[0] = 1e5
     with pytest.raises(ValueError, match=r'head.fc.bias .*\(leave out --fp16\)'):
         release.round_weights(loaded.backbone, torch.float16)
+
+
+def test_a_new_release_keeps_the_folders_earlier_ones_as_rows(tiny_run, tmp_path):
+    _, metrics, checkpoint, _ = tiny_run
+    folder = tmp_path / 'hub'
+    folder.mkdir()
+    # a card of the format before "These weights:" lines: its label comes from its Training section
+    (folder / 'README.md').write_text(
+        '## Results\n\n| rank-1 | rank-5 | rank-10 | mAP |\n|---|---|---|---|\n| 21.2 | 40.3 | 48.7 | 13.1 |\n\n'
+        '## Training\n\nStopped: 6 epochs in all. Training took 1.1 h of wall time (evaluations included; '
+        '40 minutes\nwithout them) on a CPU.\n')
+    release.write_release_folder(load_embedder(checkpoint=checkpoint), folder, FP32_REPO_ID)
+    first = model_card.earlier_releases((folder / 'README.md').read_text())
+    this = {k: round(metrics[k], 1) for k in ('rank1', 'rank5', 'rank10', 'mAP')}
+    assert [{k: v for k, v in r.items() if k != 'release'} for r in first] == [
+        this, dict(rank1=21.2, rank5=40.3, rank10=48.7, mAP=13.1)]
+    assert first[1]['release'] == '6 epochs, 40 training minutes'
+
+    # written again from the same run: not a release of its own
+    release.write_release_folder(load_embedder(checkpoint=checkpoint), folder, FP32_REPO_ID)
+    assert model_card.earlier_releases((folder / 'README.md').read_text()) == first
+
+    # a later run's release: the previous two become the earlier rows, newest first
+    card = (folder / 'README.md').read_text()
+    (folder / 'README.md').write_text(card.replace(f'These weights: {first[0]["release"]}.',
+                                                   'These weights: an older run.'))
+    release.write_release_folder(load_embedder(checkpoint=checkpoint), folder, FP32_REPO_ID)
+    text = (folder / 'README.md').read_text()
+    assert [r['release'] for r in model_card.earlier_releases(text)] == [
+        first[0]['release'], 'an older run', '6 epochs, 40 training minutes']
+    assert '| 6 epochs, 40 training minutes | 21.2 | 40.3 | 48.7 | 13.1 |' in text

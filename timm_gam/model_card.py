@@ -20,7 +20,7 @@ from .reid.config import FIELDS_WITHOUT_FLAG, TrainConfig
 from .reid.embedding import LoadedEmbedder
 
 __all__ = ['RESEARCH_ONLY_DATASETS', 'count_gmacs', 'recipe_command', 'settings_without_flag',
-           'model_card', 'refresh_release_card', 'dtype_name']
+           'model_card', 'refresh_release_card', 'dtype_name', 'earlier_releases', 'release_summary']
 
 # data sets whose terms allow research use only; weights trained on them inherit the restriction
 RESEARCH_ONLY_DATASETS = {'market1501': 'Market-1501', 'dukemtmc': 'DukeMTMC-reID'}
@@ -171,10 +171,11 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def model_card(loaded: LoadedEmbedder, repo_id: str, *, metrics: dict | None, measured_by_publish: bool,
                dtype: torch.dtype = torch.float32, hardware: str | None = None,
-               baseline: dict | None = None) -> str:
+               baseline: dict | None = None, earlier: list[dict] = ()) -> str:
     """The ``README.md`` of a Hub folder: what the model is, how to use it, data and licence, the recipe
-    command, what was measured (beside the colour histogram ``baseline`` on the same split, when given),
-    size and cost, how it was trained, its limitations and the paper to cite."""
+    command, what was measured (beside the colour histogram ``baseline`` on the same split, when given;
+    the ``earlier`` releases of the same folder below, as :func:`earlier_releases` reads them), size and
+    cost, how it was trained, its limitations and the paper to cite."""
     checkpoint = loaded.checkpoint
     config, state = checkpoint.config, checkpoint.state
     model_name, embed_dim = checkpoint.model_name, checkpoint.embed_dim
@@ -236,7 +237,9 @@ embedding = F.normalize(model(transform(image).unsqueeze(0)), dim=1)  # image: a
 
 ## Results
 
-{_metrics_section(metrics, measured_by_publish, dtype)}{baseline_paragraph(baseline)}
+{_metrics_section(metrics, measured_by_publish, dtype)}
+These weights: {release_summary(config, state)}.
+{baseline_paragraph(baseline)}{_earlier_section(earlier)}
 Reproduce with `python recipes/unsup_reid.py --eval-only --pretrained --model {model_name} --data-root DATA`
 (DATA: the data set's folder; the embedding and input sizes come from the weights).
 
@@ -282,10 +285,56 @@ The exact command (a run interrupted and continued adds `--resume`; DATA is the 
 {CITATION}""")
 
 
+def release_summary(config: dict, state) -> str:
+    """One line naming a release among its predecessors: how long it trained, at what size, on what loss."""
+    height, width = config['image_size']
+    return (f'{_epochs(state)}, {state.train_seconds / 60:.0f} training minutes, {height}x{width}, '
+            f'`{config["loss"]}`')
+
+
+def earlier_releases(card: str) -> list[dict]:
+    """The releases a new card of the same Hub folder keeps as rows, newest first: the old ``card``'s own
+    figures (labelled by its "These weights:" line, or for cards written before it, by the epochs and
+    minutes of its Training section) and the rows of its own earlier-releases table."""
+    try:
+        own = _table_row(card)
+    except AttributeError:  # no results table: nothing measured to keep
+        return []
+    label = re.search(r'^These weights: (.+)\.$', card, re.MULTILINE)
+    if label:
+        own['release'] = label.group(1)
+    else:
+        epochs = re.search(r'(\d+ epochs(?: and \d+ steps)?) in all', card)
+        minutes = re.search(r'(\d+) minutes\s+without them', card)
+        own['release'] = ', '.join(filter(None, [epochs and epochs.group(1),
+                                                 minutes and f'{minutes.group(1)} training minutes']))
+    rows = [own]
+    if EARLIER_HEADING in card:
+        table = card.split(EARLIER_HEADING, 1)[1].split('\n## ', 1)[0]
+        for line in re.findall(r'^\| (?!release \||---)(.+) \|$', table, re.MULTILINE):
+            release, *figures = line.split(' | ')
+            rows.append({'release': release, **dict(zip(METRIC_KEYS, map(float, figures), strict=True))})
+    return rows
+
+
+EARLIER_HEADING = '### Earlier releases'
+METRIC_KEYS = ('rank1', 'rank5', 'rank10', 'mAP')
+
+
+def _earlier_section(earlier: list[dict]) -> str:
+    if not earlier:
+        return ''
+    rows = '\n'.join(f'| {r["release"]} | ' + ' | '.join(f'{r[k]:.1f}' for k in METRIC_KEYS) + ' |'
+                     for r in earlier)
+    return (f'\n{EARLIER_HEADING}\n\nThe weights this folder held before, newest first, as their own cards '
+            'gave them (measured when they were published, on the same split):\n\n'
+            f'| release | rank-1 | rank-5 | rank-10 | mAP |\n|---|---|---|---|---|\n{rows}\n')
+
+
 def _table_row(text: str) -> dict:
     """The rank-1/5/10 and mAP row of the first results table in ``text``."""
     row = re.search(r'\| rank-1 \| rank-5 \| rank-10 \| mAP \|\n\|[-|]+\|\n\|([^\n]+)\|', text)
-    return dict(zip(('rank1', 'rank5', 'rank10', 'mAP'), map(float, row.group(1).split('|')), strict=True))
+    return dict(zip(METRIC_KEYS, map(float, row.group(1).split('|')), strict=True))
 
 
 def refresh_release_card(folder: str | os.PathLike, baseline: dict | None) -> str:

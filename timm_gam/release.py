@@ -13,8 +13,8 @@ import torch
 from huggingface_hub import get_token
 from timm.models import get_pretrained_cfg
 
-from .hub import push_to_hub, save_hub_folder
-from .model_card import dtype_name, model_card
+from .hub import MODEL_CARD_NAME, push_to_hub, save_hub_folder
+from .model_card import dtype_name, earlier_releases, model_card, release_summary
 from .reid.colour_histogram import colour_histogram_embeddings
 from .reid.datasets import EVALUATION_SPLITS, prepare_data
 from .reid.embedding import LoadedEmbedder
@@ -103,8 +103,17 @@ def write_release_folder(loaded: LoadedEmbedder, output: str | os.PathLike, repo
         if metrics is not None:
             metrics['data_root'] = loaded.checkpoint.config['data_root']
     card = model_card(loaded, repo_id, metrics=metrics, measured_by_publish=data_root is not None,
-                      dtype=dtype, hardware=hardware, baseline=baseline)
+                      dtype=dtype, hardware=hardware, baseline=baseline, earlier=_earlier_in(output, loaded))
     return save_hub_folder(loaded.backbone, output, model_card=card, dtype=dtype)
+
+
+def _earlier_in(output: str | os.PathLike, loaded: LoadedEmbedder) -> list[dict]:
+    """The releases ``output`` held before this one, from its card; the card's own row is left out when
+    it is this very release (the same run at the same point, written again)."""
+    card = Path(output) / MODEL_CARD_NAME
+    earlier = earlier_releases(card.read_text()) if card.is_file() else []
+    this = release_summary(loaded.checkpoint.config, loaded.checkpoint.state)
+    return [release for release in earlier if release['release'] != this]
 
 
 def publish(folder: str | os.PathLike, repo_id: str, token: str | None = None) -> str:
