@@ -116,6 +116,8 @@ def test_the_card_of_a_budgeted_run_says_so_and_gives_its_curve(tmp_path, minute
     folder = release.write_release_folder(loaded, tmp_path / 'hub', 'timm-gam/test.budget')
     card = (folder / 'README.md').read_text()
     assert 'Stopped by its time budget of 5 training minutes' in card
-    curve = card.split('| minutes | stage | clusters | rank-1 | mAP |')[1].split('\n\n')[0]
+    curve = card.split('| minutes | epoch | stage | clusters | rank-1 | mAP |')[1].split('\n\n')[0]
     rows = curve.strip().splitlines()[1:]  # after the separator, one row per timed evaluation
     assert [row.split('|')[1].strip() for row in rows] == ['2.0', '4.0', '5.0']
+    epochs = [float(row.split('|')[2]) for row in rows]  # a minute per step: the epoch grows with them
+    assert epochs == sorted(epochs) and epochs[0] > 0

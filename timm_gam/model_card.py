@@ -158,11 +158,12 @@ def _curve_section(state) -> str:
     if not timed:
         return ''
     records = sorted(state.history['stages'] + timed, key=lambda r: r.get('train_minutes', 0))
-    rows = '\n'.join(f'| {r["train_minutes"]:.1f} | {r["stage"]} | {r["num_clusters"]:,} | {r["rank1"]:.1f} '
-                     f'| {r["mAP"]:.1f} |' for r in records if 'mAP' in r and 'train_minutes' in r)
+    rows = '\n'.join(f'| {r["train_minutes"]:.1f} | {r["epoch"]:.1f} | {r["stage"]} | {r["num_clusters"]:,} '
+                     f'| {r["rank1"]:.1f} | {r["mAP"]:.1f} |'
+                     for r in records if 'mAP' in r and 'train_minutes' in r and 'epoch' in r)
     return ('\nThe training run\'s own evaluations on the same query/gallery split, by training minutes '
-            '(evaluations not counted):\n\n| minutes | stage | clusters | rank-1 | mAP |\n'
-            f'|---|---|---|---|---|\n{rows}\n')
+            '(evaluations not counted):\n\n| minutes | epoch | stage | clusters | rank-1 | mAP |\n'
+            f'|---|---|---|---|---|---|\n{rows}\n')
 
 
 def dtype_name(dtype: torch.dtype) -> str:
