@@ -173,7 +173,8 @@ def test_a_new_release_keeps_the_folders_earlier_ones_as_rows(tiny_run, tmp_path
     folder.mkdir()
     # a card of the format before "These weights:" lines: its label comes from its Training section
     (folder / 'README.md').write_text(
-        '## Results\n\n| rank-1 | rank-5 | rank-10 | mAP |\n|---|---|---|---|\n| 21.2 | 40.3 | 48.7 | 13.1 |\n\n'
+        '## Results\n\n| rank-1 | rank-5 | rank-10 | mAP |\n|---|---|---|---|\n'
+        '| 21.2 | 40.3 | 48.7 | 13.1 |\n\n'
         '## Training\n\nStopped: 6 epochs in all. Training took 1.1 h of wall time (evaluations included; '
         '40 minutes\nwithout them) on a CPU.\n')
     release.write_release_folder(load_embedder(checkpoint=checkpoint), folder, FP32_REPO_ID)
