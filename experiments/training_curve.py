@@ -6,8 +6,7 @@ One row per evaluation (the untrained one, the ``--eval-every-min`` marks, each 
 reached, training minutes (the trainer's clock: evaluations not counted, a run stopped with SIGSTOP
 counted), the learning rate of the last finished epoch, the clusters and their purity (against the
 training images' file-name identities, which training never reads), and rank-1/5/10 and mAP on
-query/gallery. Read through
-``run_log.evaluation_curve``, so a resumed run's repeated records count once.
+query/gallery. Read through ``run_log.evaluation_curve``, so a resumed run's repeated records count once.
 """
 import argparse
 from pathlib import Path

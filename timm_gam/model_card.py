@@ -27,6 +27,8 @@ RESEARCH_ONLY_DATASETS = {'market1501': 'Market-1501', 'dukemtmc': 'DukeMTMC-reI
 # of the TrainConfig fields without a recipe flag (FIELDS_WITHOUT_FLAG), the card lists those not at their
 # default, leaving out the ones that cannot change the weights
 _CONFIG_NOT_AFFECTING_WEIGHTS = ('eval_batch_size', 'log_every', 'eval_every_min')
+METRIC_KEYS = ('rank1', 'rank5', 'rank10', 'mAP')  # the columns of every results table of a card
+EARLIER_HEADING = '### Earlier releases'
 
 
 def count_gmacs(model: torch.nn.Module, image_size: tuple[int, int]) -> float:
@@ -316,10 +318,6 @@ def earlier_releases(card: str) -> list[dict]:
             release, *figures = line.split(' | ')
             rows.append({'release': release, **dict(zip(METRIC_KEYS, map(float, figures), strict=True))})
     return rows
-
-
-EARLIER_HEADING = '### Earlier releases'
-METRIC_KEYS = ('rank1', 'rank5', 'rank10', 'mAP')
 
 
 def _earlier_section(earlier: list[dict]) -> str:
