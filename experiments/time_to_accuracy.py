@@ -36,6 +36,8 @@ VARIANTS = {
     'cpu-no-camera': ('cpu without camera-centred merging', ['--preset', 'cpu', '--no-camera-centred-merge']),
     'cpu-instance-memory': ('cpu + IDL against a memory of every image',
                             ['--preset', 'cpu', '--idl-negatives', 'memory']),
+    'cpu-grey': ('cpu + a greyscale augmented view one time in five (CACL; SimCLR\'s p=0.2)',
+                 ['--preset', 'cpu', '--greyscale-view', '0.2']),
     'cpu-files': ('cpu on the files data path (DataLoader worker, torchvision transforms)',
                   ['--preset', 'cpu', '--data-path', 'files', '--workers', '1']),
     # IDL* was the best row of the paper tables (docs/results.md): does it hold per minute?

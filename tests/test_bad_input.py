@@ -246,7 +246,8 @@ def test_hub_weights_load_from_safetensors_never_from_a_pickle(monkeypatch, tmp_
 @pytest.mark.parametrize('field, value', [
     ('layout', 'imagenet'), ('loss', 'triplet'), ('cluster_distance', 'cosine'), ('size_update', 'never'),
     ('embed_dim', 0), ('image_size', (64,)), ('temperature', 0.0), ('memory_momentum', 1.0),
-    ('batch_size', 0), ('lr', -0.1), ('momentum', 1.5), ('weight_decay', -1e-4), ('lr_decay_epochs', 0),
+    ('greyscale_view', 1.5), ('batch_size', 0), ('lr', -0.1), ('momentum', 1.5), ('weight_decay', -1e-4),
+    ('lr_decay_epochs', 0),
     ('lr_decay', 0.0), ('warmup_epochs', -1), ('epochs_per_stage', 0), ('stages', -1), ('merge_percent', 0.0),
     ('merge_percent', 1.5), ('size_penalty', -0.01), ('max_cluster_size', 0), ('target_clusters', 0),
     ('workers', -1), ('device', 'gpu0'), ('eval_batch_size', 0), ('log_every', 0),

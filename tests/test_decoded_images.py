@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from tiny_config import SMOKE, make_tiny_market
+from torchvision.transforms import v2
 
+from timm_gam.reid.batches import train_batches
+from timm_gam.reid.config import TrainConfig
 from timm_gam.reid.datasets import load_image, prepare_data
 from timm_gam.reid.decoded_images import (
     AUGMENTATION_PARAMETERS,
@@ -24,9 +28,10 @@ from timm_gam.reid.transforms import (
 )
 
 # uniforms that make every augmentation the identity: the whole image, its aspect, no flip, brightness
-# and contrast factors of exactly 1, no erasing
+# and contrast factors of exactly 1, no greyscale, no erasing
 IDENTITY = dict(crop_scale=1.0, crop_aspect=0.5, crop_x=0.0, crop_y=0.0, flip=0.99, brightness=0.5,
-                contrast=0.5, erase=0.99, erase_scale=0.0, erase_aspect=0.5, erase_x=0.0, erase_y=0.0)
+                contrast=0.5, erase=0.99, erase_scale=0.0, erase_aspect=0.5, erase_x=0.0, erase_y=0.0,
+                grey=0.99)
 
 
 def uniforms(batch: int, **changes) -> torch.Tensor:
@@ -86,6 +91,26 @@ def test_brightness_and_contrast_use_torchvision_definitions(images):
     out = augment_batch(images, uniforms(3, brightness=1.0, contrast=0.0))
     expected = TF.adjust_contrast(TF.adjust_brightness(images.float() / 255, factor_b), factor_c)
     torch.testing.assert_close(out, normalise(expected), rtol=0, atol=1e-4)
+
+
+def test_greyscale_is_torchvisions_and_off_by_default(images):
+    from torchvision.transforms.v2 import functional as TF
+    grey = TF.rgb_to_grayscale(images.float() / 255, num_output_channels=3)
+    out = augment_batch(images, uniforms(3, grey=0.0), greyscale_prob=1.0)
+    torch.testing.assert_close(out, normalise(grey), rtol=0, atol=1e-5)
+    unchanged = augment_batch(images, uniforms(3, grey=0.0))
+    torch.testing.assert_close(unchanged, normalise(images), rtol=0, atol=1e-5)
+
+
+def test_a_new_parameter_keeps_the_earlier_parameters_draws():
+    """Parameters are appended: each image's first values are what numpy drew for it before, so a
+    run keeps its augmentations when an option is added."""
+    seeds = [3, 1234567]
+    expected = np.stack([np.random.default_rng(seed).random(12) for seed in seeds]).astype(np.float32)
+    assert AUGMENTATION_PARAMETERS[:12] == ('crop_scale', 'crop_aspect', 'crop_x', 'crop_y', 'flip',
+                                            'brightness', 'contrast', 'erase', 'erase_scale', 'erase_aspect',
+                                            'erase_x', 'erase_y')
+    np.testing.assert_array_equal(draw_augmentations(seeds)[:, :12].numpy(), expected)
 
 
 def test_parameters_depend_on_the_seed_alone():
@@ -161,3 +186,37 @@ def test_both_paths_flip_as_often_as_the_spec_says(person_pixels):
     for views in both_paths(person_pixels, spec, range(400)):
         flipped = (views - mirrored).abs().amax(dim=(1, 2, 3)) < 1e-5
         assert abs(flipped.float().mean().item() - 0.25) < 0.06
+
+
+def test_both_paths_make_greyscale_views_as_often_as_the_spec_says(person_pixels):
+    spec = AugmentationSpec(crop_scale=(1.0, 1.0), crop_aspect_jitter=1.0, flip_prob=0.0, brightness=0.0,
+                            contrast=0.0, greyscale_prob=0.3, erasing_prob=0.0)
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
+    for views in both_paths(person_pixels, spec, range(400)):
+        pixels = views * std + mean
+        greyed = (pixels - pixels[:, :1]).abs().amax(dim=(1, 2, 3)) < 1e-4  # three equal channels
+        assert abs(greyed.float().mean().item() - 0.3) < 0.06
+
+
+def test_files_path_draws_as_before_without_greyscale(person_pixels):
+    """RandomGrayscale would draw from the generator even at p=0: it is left out unless asked for."""
+    assert not any(isinstance(t, v2.RandomGrayscale) for t in build_train_transform((64, 32)).transforms)
+    assert any(isinstance(t, v2.RandomGrayscale)
+               for t in build_train_transform((64, 32), greyscale_prob=0.2).transforms)
+
+
+@pytest.mark.parametrize('data_path', ['decoded', 'files'])
+def test_a_runs_greyscale_view_reaches_its_batches(tmp_path, data_path):
+    splits = prepare_data(make_tiny_market(tmp_path / 'data'), splits=('train',))
+    size = SMOKE['image_size']
+    decoded = decode_images(splits.train, size) if data_path == 'decoded' else None
+    batches = train_batches(splits.train, image_size=size, batch_size=8, seed=0, epoch=0, decoded=decoded,
+                            augmentation=TrainConfig(greyscale_view=1.0).augmentation)
+    (anchors, views), _ = next(iter(batches))
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
+    spread = lambda v: ((v * std + mean) - (v * std + mean).mean(1, keepdim=True)).abs()  # noqa: E731
+    kept = ~(views == 0).all(dim=1, keepdim=True)  # erased pixels are the mean colour, not grey
+    assert spread(views).masked_select(kept).max() < 1e-4
+    assert spread(anchors).max() > 0.05  # the anchor keeps its colour

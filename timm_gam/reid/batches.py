@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .datasets import ReidImage, ReidImageDataset
 from .decoded_images import augment_batch, draw_augmentations, normalise
-from .transforms import TwoViews, build_eval_transform, build_train_transform
+from .transforms import AUGMENTATION, AugmentationSpec, TwoViews, build_eval_transform, build_train_transform
 
 __all__ = ['DecodedBatches', 'SeededPerImage', 'seed_for', 'steps_per_epoch', 'train_batches']
 
@@ -62,9 +62,10 @@ class DecodedBatches:
     indices)``; each image's augmentation is drawn from (seed, epoch, image) as there.
     """
 
-    def __init__(self, decoded: torch.Tensor, indices: list[int], batch_size: int, seed: int, epoch: int):
+    def __init__(self, decoded: torch.Tensor, indices: list[int], batch_size: int, seed: int, epoch: int,
+                 augmentation: AugmentationSpec = AUGMENTATION):
         self.decoded, self.indices, self.batch_size = decoded, indices, batch_size
-        self.seed, self.epoch = seed, epoch
+        self.seed, self.epoch, self.augmentation = seed, epoch, augmentation
 
     def __len__(self) -> int:
         return len(self.indices) // self.batch_size
@@ -74,23 +75,24 @@ class DecodedBatches:
             index = torch.tensor(self.indices[start:start + self.batch_size])
             images = self.decoded[index.to(self.decoded.device)]
             uniforms = draw_augmentations([seed_for(self.seed, self.epoch, i) for i in index.tolist()])
-            yield (normalise(images), augment_batch(images, uniforms)), index
+            yield (normalise(images), augment_batch(images, uniforms, self.augmentation)), index
 
 
 def train_batches(images: Sequence[ReidImage], *, image_size: tuple[int, int], batch_size: int, seed: int,
                   epoch: int, skip_steps: int = 0, rank: int = 0, world_size: int = 1,
-                  decoded: torch.Tensor | None = None, workers: int = 0, pin_memory: bool = False):
+                  decoded: torch.Tensor | None = None, workers: int = 0, pin_memory: bool = False,
+                  augmentation: AugmentationSpec = AUGMENTATION):
     """This rank's batches of ``epoch`` over ``images``, after the first ``skip_steps`` (those a time
-    budget's stop had taken already): from ``decoded`` (the ``decoded`` path) when given, else from
-    the files."""
+    budget's stop had taken already), their augmented views drawn from ``augmentation``: from
+    ``decoded`` (the ``decoded`` path) when given, else from the files."""
     sampler = DistributedSampler(range(len(images)), num_replicas=world_size, rank=rank, shuffle=True,
                                  seed=seed, drop_last=True)
     sampler.set_epoch(epoch)
     share = _share(len(images), batch_size, world_size)
     indices = list(sampler)[skip_steps * share:]
     if decoded is not None:
-        return DecodedBatches(decoded, indices, share, seed, epoch)
-    views = TwoViews(build_eval_transform(image_size), build_train_transform(image_size))
+        return DecodedBatches(decoded, indices, share, seed, epoch, augmentation)
+    views = TwoViews(build_eval_transform(image_size), build_train_transform(image_size, augmentation))
     dataset = SeededPerImage(ReidImageDataset(images, views), seed, epoch)
     return DataLoader(dataset, batch_size=share, sampler=indices, drop_last=True, num_workers=workers,
                       pin_memory=pin_memory)

@@ -8,13 +8,14 @@ import argparse
 import inspect
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
 from .clustering import DISTANCES, SIZE_UPDATES
 from .datasets import LAYOUTS
 from .synthetic import make_synthetic_reid
+from .transforms import AUGMENTATION, AugmentationSpec
 
 __all__ = ['DATA_PATHS', 'FIELDS_WITHOUT_FLAG', 'IDL_NEGATIVES', 'LOSSES', 'TrainConfig', 'add_config_flags',
            'learning_rate', 'merges_for_stage', 'stage_epochs']
@@ -66,6 +67,9 @@ class TrainConfig:
                                           'of every training image (Wu et al. 2018), beyond the paper',
                                  choices=IDL_NEGATIVES)
     memory_momentum: float = 0.5
+    greyscale_view: float = _option(0.0, "probability that IDL's augmented view is made greyscale (the "
+                                    'anchor keeps its colour), so features cannot rest on colour alone; not '
+                                    'in the paper (docs/recipe.md)')
     batch_size: int = _option(32)
     lr: float | None = _option(None, 'default 0.1 from scratch, 0.01 with --pretrained (paper 5.2)')
     momentum: float = 0.9
@@ -145,6 +149,11 @@ class TrainConfig:
         """IDL against a memory of every training image instead of the batch's other views."""
         return 'idl' in self.loss and self.idl_negatives == 'memory'
 
+    @property
+    def augmentation(self) -> AugmentationSpec:
+        """Section 5.2's augmentations of IDL's augmented view, with this run's options beyond them."""
+        return replace(AUGMENTATION, greyscale_prob=self.greyscale_view)
+
     def acl_in_stage(self, stage: int) -> bool:
         return self.uses_acl and stage >= self.acl_from_stage
 
@@ -154,7 +163,8 @@ _INF = float('inf')
 _RANGES = (
     ('embed_dim', 1, _INF, 'a positive integer'), ('temperature', 1e-8, _INF, 'positive'),
     ('acl_from_stage', 0, _INF, 'zero or more'),
-    ('memory_momentum', 0, 1 - 1e-12, 'in [0, 1)'), ('batch_size', 1, _INF, 'a positive integer'),
+    ('memory_momentum', 0, 1 - 1e-12, 'in [0, 1)'), ('greyscale_view', 0, 1, 'a probability in [0, 1]'),
+    ('batch_size', 1, _INF, 'a positive integer'),
     ('lr', 1e-12, _INF, 'positive'), ('momentum', 0, 1 - 1e-12, 'in [0, 1)'),
     ('weight_decay', 0, _INF, 'zero or positive'), ('lr_decay_epochs', 1, _INF, 'a positive integer'),
     ('lr_decay', 1e-12, 1, 'in (0, 1]'), ('warmup_epochs', 0, _INF, 'zero or more'),

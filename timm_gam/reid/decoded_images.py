@@ -10,7 +10,7 @@ are 43 MB at 64x32, 685 MB at 256x128), and makes each batch's views there:
 * the augmented ``x^_i`` gets section 5.2's augmentations, the ranges of
   :class:`~timm_gam.reid.transforms.AugmentationSpec` as the ``files`` path, as batched tensor operations
   (:func:`augment_batch`): one affine resampling per image for zoom, crop and flip, brightness and
-  contrast, normalisation, and random erasing as a mask.
+  contrast, greyscale (where asked for), normalisation, and random erasing as a mask.
 
 The transforms are those of the ``files`` path with the same parameter ranges, not the same pixels:
 the crop is resampled bilinearly without antialiasing, an infeasible crop box is clipped to the image
@@ -35,9 +35,10 @@ from .transforms import AUGMENTATION, AugmentationSpec
 
 __all__ = ['AUGMENTATION_PARAMETERS', 'augment_batch', 'decode_images', 'draw_augmentations', 'normalise']
 
-# the uniform numbers each image's augmentation is made of, in this order
+# the uniform numbers each image's augmentation is made of, in this order; a new one goes at the end,
+# so the others' values (a prefix of each image's draw) stay those of earlier runs
 AUGMENTATION_PARAMETERS = ('crop_scale', 'crop_aspect', 'crop_x', 'crop_y', 'flip', 'brightness',
-                           'contrast', 'erase', 'erase_scale', 'erase_aspect', 'erase_x', 'erase_y')
+                           'contrast', 'erase', 'erase_scale', 'erase_aspect', 'erase_x', 'erase_y', 'grey')
 
 
 def decode_images(images: Sequence[ReidImage], image_size: tuple[int, int]) -> torch.Tensor:
@@ -96,12 +97,16 @@ def augment_batch(images: torch.Tensor, uniforms: torch.Tensor, augmentation: Au
     # 3. brightness, then contrast around each image's mean grey level (torchvision's definitions)
     exposure = _between(u['brightness'], 1 - spec.brightness, 1 + spec.brightness).view(-1, 1, 1, 1)
     views = (views * exposure).clamp(0, 1)
-    grey = (0.2989 * views[:, 0] + 0.587 * views[:, 1] + 0.114 * views[:, 2]).mean(dim=(1, 2))
+    grey = _luma(views).mean(dim=(1, 2, 3))
     factor = _between(u['contrast'], 1 - spec.contrast, 1 + spec.contrast).view(-1, 1, 1, 1)
     views = (factor * views + (1 - factor) * grey.view(-1, 1, 1, 1)).clamp(0, 1)
+
+    # 4. greyscale with greyscale_prob: the luma in all three channels
+    greyed = (u['grey'] < spec.greyscale_prob).view(-1, 1, 1, 1)
+    views = torch.where(greyed, _luma(views).expand_as(views), views)
     views = normalise(views, mean, std)
 
-    # 4. occlusion: a box of erasing_scale of the area, aspect in erasing_ratio, set to 0 (the mean colour)
+    # 5. occlusion: a box of erasing_scale of the area, aspect in erasing_ratio, set to 0 (the mean colour)
     erase_area = _between(u['erase_scale'], *spec.erasing_scale) * height * width
     log_ratio = _between(u['erase_aspect'], *(math.log(r) for r in spec.erasing_ratio))
     erase_h = torch.sqrt(erase_area * torch.exp(log_ratio)).round().clamp(1, height)
@@ -114,6 +119,11 @@ def augment_batch(images: torch.Tensor, uniforms: torch.Tensor, augmentation: Au
               & (cols >= left.view(-1, 1, 1)) & (cols < (left + erase_w).view(-1, 1, 1)))
     erased = inside & (u['erase'] < spec.erasing_prob).view(-1, 1, 1)
     return views.masked_fill(erased.unsqueeze(1), 0.0)
+
+
+def _luma(views: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) grey levels of RGB views in [0, 1], torchvision's ``rgb_to_grayscale`` weights."""
+    return (0.2989 * views[:, 0] + 0.587 * views[:, 1] + 0.114 * views[:, 2]).unsqueeze(1)
 
 
 def _between(uniform: torch.Tensor, low: float, high: float) -> torch.Tensor:

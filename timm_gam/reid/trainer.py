@@ -229,7 +229,8 @@ class Trainer:
         batches = train_batches(self.splits.train, image_size=config.image_size, batch_size=config.batch_size,
                                 seed=config.seed, epoch=state.epoch, skip_steps=state.step_in_epoch,
                                 rank=group.rank, world_size=group.world_size, decoded=self.decoded_train,
-                                workers=config.workers, pin_memory=self.device.type == 'cuda')
+                                workers=config.workers, pin_memory=self.device.type == 'cuda',
+                                augmentation=config.augmentation)
         try:
             stats = self._train_batches(batches, state, desc)
         except FloatingPointError as e:

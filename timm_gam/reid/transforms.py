@@ -3,7 +3,9 @@
 IDL (paper Eq. 4-6) asks a network to recognise an image ``x_i`` in its augmented view ``x̂_i``.
 The augmentations are meant to imitate what changes between cameras (paper 4.2 and 5.2): random
 zoom and crop, horizontal flip, contrast change and occlusion. Colour (hue, saturation) is left
-alone on purpose: clothing colour is the main cue that identifies a person across cameras.
+alone on purpose: clothing colour is the main cue that identifies a person across cameras. The one
+option against it, a greyscale view (``greyscale_prob``, off in the paper's recipe), keeps the colour
+but stops a network from resting on colour alone (docs/recipe.md, options beyond the paper).
 
 All transforms take a PIL RGB image (see :func:`~timm_gam.reid.datasets.load_image`), return a
 normalised float tensor of shape (3, height, width), draw their randomness from torch's global
@@ -44,7 +46,10 @@ class AugmentationSpec:
        1.25x), its aspect within ``crop_aspect_jitter`` of the output's, resized to the full size.
     2. Horizontal flip with ``flip_prob``: cameras see people from either side.
     3. Brightness and contrast change (torchvision's ``ColorJitter`` definitions), imitating exposure.
-    4. Occlusion by random erasing with ``erasing_prob``: a box of ``erasing_scale`` of the area, its
+    4. Greyscale with ``greyscale_prob`` (torchvision's ``rgb_to_grayscale`` weights, three equal
+       channels): not in the paper; the anchor view keeps its colour, so IDL must match the two on
+       shape and texture (CACL, Li et al. 2021; SimCLR's random greyscale, Chen et al. 2020).
+    5. Occlusion by random erasing with ``erasing_prob``: a box of ``erasing_scale`` of the area, its
        height / width in ``erasing_ratio``, set to 0 after normalisation, so it is the mean colour
        rather than a black patch.
     """
@@ -53,6 +58,7 @@ class AugmentationSpec:
     flip_prob: float = 0.5
     brightness: float = 0.2
     contrast: float = 0.4
+    greyscale_prob: float = 0.0
     erasing_prob: float = 0.5
     erasing_scale: tuple[float, float] = (0.02, 0.25)
     erasing_ratio: tuple[float, float] = (0.3, 3.3)
@@ -80,6 +86,9 @@ def build_train_transform(image_size: ImageSize = (256, 128), augmentation: Augm
                              antialias=True),
         v2.RandomHorizontalFlip(spec.flip_prob),
         v2.ColorJitter(brightness=spec.brightness, contrast=spec.contrast),
+        # only when asked for: RandomGrayscale draws from the generator even at p=0, which would change
+        # every later draw of the recipe's own augmentations
+        *([v2.RandomGrayscale(spec.greyscale_prob)] if spec.greyscale_prob else []),
         *_to_normalised_tensor(mean, std),
         v2.RandomErasing(p=spec.erasing_prob, scale=spec.erasing_scale, ratio=spec.erasing_ratio, value=0),
     ])
