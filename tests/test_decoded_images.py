@@ -188,13 +188,17 @@ def test_both_paths_flip_as_often_as_the_spec_says(person_pixels):
         assert abs(flipped.float().mean().item() - 0.25) < 0.06
 
 
+def unnormalised(views: torch.Tensor) -> torch.Tensor:
+    """Normalised views back to [0, 1] pixels."""
+    std, mean = torch.tensor(IMAGENET_DEFAULT_STD), torch.tensor(IMAGENET_DEFAULT_MEAN)
+    return views * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)
+
+
 def test_both_paths_make_greyscale_views_as_often_as_the_spec_says(person_pixels):
     spec = AugmentationSpec(crop_scale=(1.0, 1.0), crop_aspect_jitter=1.0, flip_prob=0.0, brightness=0.0,
                             contrast=0.0, greyscale_prob=0.3, erasing_prob=0.0)
-    std = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
-    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
     for views in both_paths(person_pixels, spec, range(400)):
-        pixels = views * std + mean
+        pixels = unnormalised(views)
         greyed = (pixels - pixels[:, :1]).abs().amax(dim=(1, 2, 3)) < 1e-4  # three equal channels
         assert abs(greyed.float().mean().item() - 0.3) < 0.06
 
@@ -214,9 +218,7 @@ def test_a_runs_greyscale_view_reaches_its_batches(tmp_path, data_path):
     batches = train_batches(splits.train, image_size=size, batch_size=8, seed=0, epoch=0, decoded=decoded,
                             augmentation=TrainConfig(greyscale_view=1.0).augmentation)
     (anchors, views), _ = next(iter(batches))
-    std = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
-    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
-    spread = lambda v: ((v * std + mean) - (v * std + mean).mean(1, keepdim=True)).abs()  # noqa: E731
+    spread = lambda v: (unnormalised(v) - unnormalised(v).mean(1, keepdim=True)).abs()  # noqa: E731
     kept = ~(views == 0).all(dim=1, keepdim=True)  # erased pixels are the mean colour, not grey
     assert spread(views).masked_select(kept).max() < 1e-4
     assert spread(anchors).max() > 0.05  # the anchor keeps its colour

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from .datasets import ReidImage, load_image
 from .transforms import AUGMENTATION, AugmentationSpec
@@ -97,13 +98,13 @@ def augment_batch(images: torch.Tensor, uniforms: torch.Tensor, augmentation: Au
     # 3. brightness, then contrast around each image's mean grey level (torchvision's definitions)
     exposure = _between(u['brightness'], 1 - spec.brightness, 1 + spec.brightness).view(-1, 1, 1, 1)
     views = (views * exposure).clamp(0, 1)
-    grey = _luma(views).mean(dim=(1, 2, 3))
+    grey = TF.rgb_to_grayscale(views).mean(dim=(1, 2, 3))
     factor = _between(u['contrast'], 1 - spec.contrast, 1 + spec.contrast).view(-1, 1, 1, 1)
     views = (factor * views + (1 - factor) * grey.view(-1, 1, 1, 1)).clamp(0, 1)
 
     # 4. greyscale with greyscale_prob: the luma in all three channels
     greyed = (u['grey'] < spec.greyscale_prob).view(-1, 1, 1, 1)
-    views = torch.where(greyed, _luma(views).expand_as(views), views)
+    views = torch.where(greyed, TF.rgb_to_grayscale(views, num_output_channels=3), views)
     views = normalise(views, mean, std)
 
     # 5. occlusion: a box of erasing_scale of the area, aspect in erasing_ratio, set to 0 (the mean colour)
@@ -119,11 +120,6 @@ def augment_batch(images: torch.Tensor, uniforms: torch.Tensor, augmentation: Au
               & (cols >= left.view(-1, 1, 1)) & (cols < (left + erase_w).view(-1, 1, 1)))
     erased = inside & (u['erase'] < spec.erasing_prob).view(-1, 1, 1)
     return views.masked_fill(erased.unsqueeze(1), 0.0)
-
-
-def _luma(views: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) grey levels of RGB views in [0, 1], torchvision's ``rgb_to_grayscale`` weights."""
-    return (0.2989 * views[:, 0] + 0.587 * views[:, 1] + 0.114 * views[:, 2]).unsqueeze(1)
 
 
 def _between(uniform: torch.Tensor, low: float, high: float) -> torch.Tensor:
