@@ -121,3 +121,17 @@ def test_the_card_of_a_budgeted_run_says_so_and_gives_its_curve(tmp_path, minute
     assert [row.split('|')[1].strip() for row in rows] == ['2.0', '4.0', '5.0']
     epochs = [float(row.split('|')[2]) for row in rows]  # a minute per step: the epoch grows with them
     assert epochs == sorted(epochs) and epochs[0] > 0
+
+
+def test_a_resume_can_switch_on_the_memories_part_way_through_a_stage(tmp_path, minute_per_step):
+    # a pilot branches from a run's checkpoint with changed flags: the memories it now needs are built
+    # from the weights at the resume, and the stage's clusters stay as they were
+    train(tiny_config(tmp_path / 'run', model=MODEL, loss='idl', time_budget_min=2))
+    assert TrainingCheckpoint.load(tmp_path / 'run' / 'checkpoint.pt').state.instance_memory is None
+    train(tiny_config(tmp_path / 'run', model=MODEL, loss='idl+acl', idl_negatives='batch+memory',
+                      time_budget_min=4), resume=True)
+    state = TrainingCheckpoint.load(tmp_path / 'run' / 'checkpoint.pt').state
+    n = len(state.cluster_labels)
+    assert (state.stage, state.steps) == (0, 4)
+    assert torch.equal(state.cluster_labels, torch.arange(n))
+    assert state.instance_memory.centroids.shape[0] == n and state.memory.centroids.shape[0] == n

@@ -94,3 +94,31 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     for key, value in a['model'].items():
         assert torch.equal(value, b['model'][key]), key
     assert torch.equal(a['state']['memory']['centroids'], b['state']['memory']['centroids'])
+
+
+def test_batch_plus_memory_adds_the_memory_term_to_eq_6(tmp_path):
+    # --idl-negatives batch+memory: the step's instance term is Eq. 6 on the batch's views plus the
+    # non-parametric softmax against every image's memory slot, computed here from a copy of the model
+    import copy
+
+    from timm_gam.reid.checkpoint import RunState
+    from timm_gam.reid.losses import idl_loss, instance_memory_loss
+    from timm_gam.reid.trainer import Trainer
+    trainer = Trainer(tiny_config(tmp_path, model='test_efficientnet_gn', loss='idl',
+                                  idl_negatives='batch+memory'))
+    state = RunState(cluster_labels=torch.arange(len(trainer.splits.train)))
+    trainer._begin_stage(state)
+    memory = state.instance_memory.centroids.clone()
+    generator = torch.Generator().manual_seed(0)
+    views = [torch.randn(4, 3, *trainer.config.image_size, generator=generator) for _ in range(2)]
+    index = torch.tensor([0, 3, 5, 7])
+    embeddings = copy.deepcopy(trainer.model)(torch.cat(views))
+    anchor, augmented = embeddings[:4], embeddings[4:]
+    expected = idl_loss(anchor, augmented) + instance_memory_loss(embeddings, index.repeat(2), memory)
+
+    losses = trainer.train_step((views, index), state)
+    torch.testing.assert_close(losses['idl'], expected.detach())
+    untouched = torch.ones(len(memory), dtype=torch.bool)
+    untouched[index] = False
+    assert torch.equal(state.instance_memory.centroids[untouched], memory[untouched])
+    assert not torch.equal(state.instance_memory.centroids[index], memory[index])

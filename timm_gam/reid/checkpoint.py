@@ -96,7 +96,7 @@ class RunState:
     marks_evaluated: int = 0  # multiples of eval_every_min evaluated so far: the next is the one after
     cluster_labels: torch.Tensor | None = None
     memory: ClusterMemory | None = None
-    instance_memory: ClusterMemory | None = None  # one slot per image, for idl_negatives='memory'
+    instance_memory: ClusterMemory | None = None  # one slot per image, for idl_negatives with 'memory'
     history: dict = field(default_factory=lambda: {'stages': [], 'timed': []})
     elapsed_s: float = 0.0  # wall time of the run before this process started, evaluations included
     train_seconds: float = 0.0  # the same without the evaluations: the clock of a time budget

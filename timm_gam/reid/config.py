@@ -25,8 +25,8 @@ LOSSES = ('idl', 'acl', 'idl+acl')
 # training set once onto the training device and augment it there in batches (reid/decoded_images.py)
 DATA_PATHS = ('files', 'decoded')
 # the negatives of the instance loss: 'batch', Eq. 4-6's other views of the batch; 'memory', a memory of
-# every training image (losses.instance_memory_loss, Wu et al. 2018)
-IDL_NEGATIVES = ('batch', 'memory')
+# every training image instead (losses.instance_memory_loss, Wu et al. 2018); 'batch+memory', both terms
+IDL_NEGATIVES = ('batch', 'memory', 'batch+memory')
 
 
 def flag(help: str | None = None, **argparse_options) -> dict:
@@ -64,7 +64,8 @@ class TrainConfig:
                                      'IDL-only warm-up (beyond the paper)')
     temperature: float = _option(0.1, 'tau of Eq. 4, 5 and 7')
     idl_negatives: str = _option('batch', "'batch': Eq. 4-6 (the batch's other views); 'memory': a memory "
-                                          'of every training image (Wu et al. 2018), beyond the paper',
+                                          "of every training image instead (Wu et al. 2018); 'batch+memory': "
+                                          'Eq. 4-6 plus the memory term; both beyond the paper',
                                  choices=IDL_NEGATIVES)
     memory_momentum: float = 0.5
     greyscale_view: float = _option(0.0, "probability that IDL's augmented view is made greyscale (the "
@@ -146,8 +147,13 @@ class TrainConfig:
 
     @property
     def uses_instance_memory(self) -> bool:
-        """IDL against a memory of every training image instead of the batch's other views."""
-        return 'idl' in self.loss and self.idl_negatives == 'memory'
+        """Whether the instance term meets a memory of every training image."""
+        return 'idl' in self.loss and 'memory' in self.idl_negatives
+
+    @property
+    def uses_batch_negatives(self) -> bool:
+        """Whether the instance term includes Eq. 4-6, the batch's other views as negatives."""
+        return 'idl' in self.loss and 'batch' in self.idl_negatives
 
     @property
     def augmentation(self) -> AugmentationSpec:

@@ -17,7 +17,7 @@ from .config import TrainConfig, merges_for_stage
 from .distributed import ProcessGroup, broadcast_tensor
 from .memory import ClusterMemory
 
-__all__ = ['begin_stage', 'stage_needs_embeddings']
+__all__ = ['begin_stage', 'build_missing_memories', 'memories_missing', 'stage_needs_embeddings']
 
 
 def stage_needs_embeddings(config: TrainConfig, state: RunState) -> bool:
@@ -31,9 +31,7 @@ def begin_stage(config: TrainConfig, state: RunState, embeddings: torch.Tensor, 
     """Set up ``state`` for its stage from the training set's ``embeddings``: the instance memory (built
     once, then kept up to date by the steps), then from stage 1 on the merge (rank 0's labels rule on
     every rank), then M. Returns what the merge did, or None where the stage merged nothing."""
-    if config.uses_instance_memory and state.instance_memory is None:
-        state.instance_memory = ClusterMemory.from_embeddings(
-            embeddings, torch.arange(len(embeddings)), config.memory_momentum).to(group.device)
+    _build_instance_memory(config, state, embeddings, group)
     if not config.acl_in_stage(state.stage):
         return None
     merged = None
@@ -51,3 +49,28 @@ def begin_stage(config: TrainConfig, state: RunState, embeddings: torch.Tensor, 
     state.memory = ClusterMemory.from_embeddings(embeddings, state.cluster_labels,
                                                  config.memory_momentum).to(group.device)
     return merged
+
+
+def memories_missing(config: TrainConfig, state: RunState) -> bool:
+    """Whether a run resumed part-way through a stage lacks a memory its losses now need: a resume whose
+    changed flags switch on the instance memory or ACL where the saved run had neither."""
+    return ((config.uses_instance_memory and state.instance_memory is None)
+            or (config.acl_in_stage(state.stage) and state.memory is None))
+
+
+def build_missing_memories(config: TrainConfig, state: RunState, embeddings: torch.Tensor,
+                           group: ProcessGroup) -> None:
+    """Build the memories :func:`memories_missing` finds from the training set's ``embeddings``, keeping the
+    stage's clusters as they are: a merge belongs to the start of a stage, never to a resume."""
+    _build_instance_memory(config, state, embeddings, group)
+    if config.acl_in_stage(state.stage) and state.memory is None:
+        state.memory = ClusterMemory.from_embeddings(embeddings, state.cluster_labels,
+                                                     config.memory_momentum).to(group.device)
+
+
+def _build_instance_memory(config: TrainConfig, state: RunState, embeddings: torch.Tensor,
+                           group: ProcessGroup) -> None:
+    """The instance memory, one slot per image, built once; the steps keep it up to date afterwards."""
+    if config.uses_instance_memory and state.instance_memory is None:
+        state.instance_memory = ClusterMemory.from_embeddings(
+            embeddings, torch.arange(len(embeddings)), config.memory_momentum).to(group.device)

@@ -60,7 +60,7 @@ from .evaluation import evaluate_split, format_metrics, has_labels
 from .fast_path import compile_for_training, describe_training_path, training_autocast_dtype
 from .losses import acl_loss, idl_loss, instance_memory_loss
 from .run_log import RunLog
-from .stages import begin_stage, stage_needs_embeddings
+from .stages import begin_stage, build_missing_memories, memories_missing, stage_needs_embeddings
 from .synthetic import data_root_or_synthetic
 from .transforms import build_eval_transform
 
@@ -160,6 +160,8 @@ class Trainer:
         while state.stage <= self.config.stages and not self._out_of_time():
             if state.epoch_in_stage == 0 and state.step_in_epoch == 0:
                 self._begin_stage(state)
+            elif memories_missing(self.config, state):
+                build_missing_memories(self.config, state, self.embed(self.splits.train), self.group)
             while state.epoch_in_stage < stage_epochs(self.config, state.stage) and not self._out_of_time():
                 self._train_epoch(state)
                 if state.epoch_in_stage < stage_epochs(self.config, state.stage):
@@ -355,10 +357,10 @@ class Trainer:
         labels = all_gather_rows(state.cluster_labels[index].to(self.device), group)
         tau, use_acl = config.temperature, config.acl_in_stage(state.stage)
         both_views, no_loss = torch.cat([anchor, augmented]), anchor.new_zeros(())
+        idl = idl_loss(anchor, augmented, tau) if config.uses_batch_negatives else no_loss  # Eq. 4-6
         if config.uses_instance_memory:  # beyond the paper: every training image is a negative
-            idl = instance_memory_loss(both_views, images.repeat(2), state.instance_memory.centroids, tau)
-        else:
-            idl = idl_loss(anchor, augmented, tau) if 'idl' in config.loss else no_loss  # Eq. 4-6
+            memory = state.instance_memory.centroids
+            idl = idl + instance_memory_loss(both_views, images.repeat(2), memory, tau)
         acl = acl_loss(both_views, labels.repeat(2), state.memory.centroids, tau) if use_acl else no_loss
         loss = idl + acl  # Eq. 11, with ACL of Eq. 7-8
         if not torch.isfinite(loss):
