@@ -24,7 +24,9 @@ multiply-add of the convolutions and matrix products). The peak is ``cores x clo
 cycle`` (:func:`cpu_peak_flops`), from ``lscpu``. ``--kernels`` runs one fast-eager step of each model under
 ``ONEDNN_VERBOSE=1`` and tallies which oneDNN implementation ran each convolution pass and its time.
 ``--recipe-data-root`` also trains the ``cpu`` preset for ``--recipe-minutes`` and reads its steady
-images/s from its own log (the median of its step lines after the first, which holds the compile).
+images/s from its own log (the median of its step lines after the first, which holds the compile); its
+ratio is to resnet50's eager-fp32 steps timed just before and just after that run (both printed), since a
+shared machine's speed drifts over minutes.
 """
 import argparse
 import collections
@@ -113,7 +115,7 @@ def step_flops(model_name: str, views: int, image_size) -> int:
 class Contender:
     def __init__(self, model_name: str, path: str, views: int, image_size):
         self.model_name, self.path, self.image_size = model_name, path, tuple(image_size)
-        self.step, _, _ = make_step(model_name, path, views, image_size)
+        self.step, _, self.images = make_step(model_name, path, views, image_size)
         self.times = []
         start = time.perf_counter()
         self.step()  # oneDNN primitive creation, allocator; compilation on the fast path
@@ -123,6 +125,12 @@ class Contender:
         start = time.perf_counter()
         self.step()
         self.times.append(time.perf_counter() - start)
+
+    def rate_of_more_steps(self, steps: int) -> float:
+        """Images/s of ``steps`` more timed steps, taken now: the baseline bracketing the recipe's run."""
+        for _ in range(steps):
+            self.timed_step()
+        return len(self.images) / 2 / statistics.median(self.times[-steps:])
 
 
 def onednn_kernels(model_name: str, views: int, image_size) -> list[tuple]:
@@ -151,7 +159,7 @@ def recipe_images_per_s(data_root: str, minutes: float) -> tuple[float, dict]:
     """The cpu preset's steady training images/s on ``data_root``, read from its own log.jsonl."""
     with tempfile.TemporaryDirectory() as run:
         subprocess.run([sys.executable, str(RECIPE), '--preset', 'cpu', '--data-root', data_root,
-                        '--output', run, '--time-budget-min', str(minutes), '--log-every', '20'],
+                        '--output', run, '--time-budget-min', str(minutes)],
                        check=True, stdout=subprocess.DEVNULL, env={**os.environ, 'TIMM_GAM_PROGRESS': '0'})
         events = [json.loads(line) for line in open(Path(run) / 'log.jsonl')]
     rates = [e['images_per_s'] for e in events if e['event'] == 'step'][1:]
@@ -205,8 +213,16 @@ def main(argv=None):
             print(f'| {c.model_name} | {c.path} | {rate:.1f} | {ratio} | {flops[c.model_name] / 1e9:.1f} '
                   f'| {flop_rate / 1e9:.1f} | {100 * flop_rate / peak:.0f}% | {c.first_step_s:.1f} |')
         if args.recipe_data_root and size == (64, 32):
+            baseline = next((c for c in contenders if (c.model_name, c.path) == BASELINE), None)
+            before = baseline.rate_of_more_steps(args.repeats) if baseline else None
             recipe_rate, path = recipe_images_per_s(args.recipe_data_root, args.recipe_minutes)
-            ratio = f'{recipe_rate / base:.2f}x' if base else '-'
+            if baseline:
+                after = baseline.rate_of_more_steps(args.repeats)
+                bracket = args.views / 2 / statistics.median(baseline.times[-2 * args.repeats:])
+                ratio = (f'{recipe_rate / bracket:.2f}x (resnet50 timed just before and after it: '
+                         f'{before:.1f} / {after:.1f} img/s)')
+            else:
+                ratio = '-'
             print(f'| cpu preset (its log: {path["autocast"]}, {path["compile"].split(" (")[0]}) | recipe '
                   f'| {recipe_rate:.1f} | {ratio} | | | | |')
         if args.kernels:
