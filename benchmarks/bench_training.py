@@ -155,11 +155,15 @@ def onednn_kernels(model_name: str, views: int, image_size) -> list[tuple]:
     return sorted(((*key, calls, ms) for key, (calls, ms) in tally.items()), key=lambda row: -row[-1])
 
 
+def recipe_arguments(data_root: str, run: str, minutes: float) -> list[str]:
+    """The command line of the recipe's run: the ``cpu`` preset exactly as a user types it."""
+    return ['--preset', 'cpu', '--data-root', data_root, '--output', run, '--time-budget-min', str(minutes)]
+
+
 def recipe_images_per_s(data_root: str, minutes: float) -> tuple[float, dict]:
     """The cpu preset's steady training images/s on ``data_root``, read from its own log.jsonl."""
     with tempfile.TemporaryDirectory() as run:
-        subprocess.run([sys.executable, str(RECIPE), '--preset', 'cpu', '--data-root', data_root,
-                        '--output', run, '--time-budget-min', str(minutes)],
+        subprocess.run([sys.executable, str(RECIPE), *recipe_arguments(data_root, run, minutes)],
                        check=True, stdout=subprocess.DEVNULL, env={**os.environ, 'TIMM_GAM_PROGRESS': '0'})
         events = [json.loads(line) for line in open(Path(run) / 'log.jsonl')]
     rates = [e['images_per_s'] for e in events if e['event'] == 'step'][1:]

@@ -100,13 +100,29 @@ def test_benchmark_prints_ratio_flops_and_kernel_tables():
     ('GenuineIntel', 'fma avx2 avx512f amx_tile', '3500.0000', '4000.00', 2 * 3.5 * 64),
     ('AuthenticAMD', 'fma avx2', '3000.0000', '4900.00', 2 * 3.0 * 32)])
 def test_peak_flops_from_lscpu(vendor, flags, mhz, bogomips, expected_gflops):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('bench_training', BENCHMARK)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark()
     info = {'Vendor ID': vendor, 'Flags': flags, 'BogoMIPS': bogomips}
     if mhz:
         info['CPU max MHz'] = mhz
     peak, how = bench.cpu_peak_flops(info, threads=2)
     assert peak / 1e9 == pytest.approx(expected_gflops, rel=1e-4)
     assert 'FLOP/cycle' in how
+
+
+def test_the_benchmark_runs_the_recipe_with_flags_it_has(tmp_path):
+    # the recipe's ratio is measured on a real run of it: a flag the recipe dropped would stop that run
+    from recipe_scripts import load_recipe
+    recipe = load_recipe('unsup_reid')
+    args = recipe.parse_args(load_benchmark().recipe_arguments('DATA', str(tmp_path), 4.0))
+    config = recipe.build_config(args)
+    assert (args.preset, config.data_root, config.output, config.time_budget_min) == (
+        'cpu', 'DATA', str(tmp_path), 4.0)
+    assert config.compile and config.data_path == 'decoded'  # the fast path, by default
+
+
+def load_benchmark():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('bench_training', BENCHMARK)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
