@@ -115,7 +115,8 @@ def step_flops(model_name: str, views: int, image_size) -> int:
 class Contender:
     def __init__(self, model_name: str, path: str, views: int, image_size):
         self.model_name, self.path, self.image_size = model_name, path, tuple(image_size)
-        self.step, _, self.images = make_step(model_name, path, views, image_size)
+        self.views = views
+        self.step, _, _ = make_step(model_name, path, views, image_size)
         self.times = []
         start = time.perf_counter()
         self.step()  # oneDNN primitive creation, allocator; compilation on the fast path
@@ -130,7 +131,7 @@ class Contender:
         """Images/s of ``steps`` more timed steps, taken now: the baseline bracketing the recipe's run."""
         for _ in range(steps):
             self.timed_step()
-        return len(self.images) / 2 / statistics.median(self.times[-steps:])
+        return self.views / 2 / statistics.median(self.times[-steps:])
 
 
 def onednn_kernels(model_name: str, views: int, image_size) -> list[tuple]:

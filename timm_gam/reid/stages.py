@@ -46,8 +46,7 @@ def begin_stage(config: TrainConfig, state: RunState, embeddings: torch.Tensor, 
         state.cluster_labels = broadcast_tensor(labels, group)
         merged = {'stage': state.stage, 'merges': num_merges,
                   'num_clusters': int(state.cluster_labels.max()) + 1, 'seconds': time.perf_counter() - start}
-    state.memory = ClusterMemory.from_embeddings(embeddings, state.cluster_labels,
-                                                 config.memory_momentum).to(group.device)
+    _build_cluster_memory(config, state, embeddings, group)
     return merged
 
 
@@ -64,8 +63,7 @@ def build_missing_memories(config: TrainConfig, state: RunState, embeddings: tor
     stage's clusters as they are: a merge belongs to the start of a stage, never to a resume."""
     _build_instance_memory(config, state, embeddings, group)
     if config.acl_in_stage(state.stage) and state.memory is None:
-        state.memory = ClusterMemory.from_embeddings(embeddings, state.cluster_labels,
-                                                     config.memory_momentum).to(group.device)
+        _build_cluster_memory(config, state, embeddings, group)
 
 
 def _build_instance_memory(config: TrainConfig, state: RunState, embeddings: torch.Tensor,
@@ -74,3 +72,10 @@ def _build_instance_memory(config: TrainConfig, state: RunState, embeddings: tor
     if config.uses_instance_memory and state.instance_memory is None:
         state.instance_memory = ClusterMemory.from_embeddings(
             embeddings, torch.arange(len(embeddings)), config.memory_momentum).to(group.device)
+
+
+def _build_cluster_memory(config: TrainConfig, state: RunState, embeddings: torch.Tensor,
+                          group: ProcessGroup) -> None:
+    """M of Sec. 4.3: the mean embedding of each of the stage's clusters."""
+    state.memory = ClusterMemory.from_embeddings(embeddings, state.cluster_labels,
+                                                 config.memory_momentum).to(group.device)
