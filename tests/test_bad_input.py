@@ -251,12 +251,23 @@ def test_hub_weights_load_from_safetensors_never_from_a_pickle(monkeypatch, tmp_
     ('lr_decay', 0.0), ('warmup_epochs', -1), ('epochs_per_stage', 0), ('stages', -1), ('merge_percent', 0.0),
     ('merge_percent', 1.5), ('size_penalty', -0.01), ('max_cluster_size', 0), ('target_clusters', 0),
     ('workers', -1), ('device', 'gpu0'), ('eval_batch_size', 0), ('log_every', 0),
-    ('synthetic', {'num_people': 3}),
+    ('synthetic', {'num_people': 3}), ('final_image_size', (64,)), ('final_size_epochs', -1),
 ])
 def test_every_bad_field_is_refused_when_the_config_is_made(field, value):
     """Not at the first merge after an hour of warm-up: when the config is made, naming the field."""
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize('schedule, problem', [
+    (dict(final_image_size=(128, 64)), '--final-size-epochs'),
+    (dict(final_size_epochs=4), '--final-image-size'),
+    (dict(final_image_size=(128, 64), final_size_epochs=61, warmup_epochs=20, stages=20, epochs_per_stage=2),
+     'only 60 epochs'),
+])
+def test_a_resolution_schedule_needs_both_its_settings_and_fits_the_schedule(schedule, problem):
+    with pytest.raises(ValueError, match=problem):
+        TrainConfig(**schedule)
 
 
 def test_the_command_line_offers_the_librarys_choices():

@@ -9,7 +9,9 @@ import torch
 from tiny_config import tiny_config
 
 import timm_gam.reid.trainer as trainer_module
+from timm_gam.model_card import release_summary
 from timm_gam.reid.checkpoint import TrainingCheckpoint, load_checkpoint
+from timm_gam.reid.eval_only import evaluate_run
 from timm_gam.reid.trainer import TrainingClock, train
 
 MODEL = 'test_efficientnet_gn'
@@ -135,3 +137,45 @@ def test_a_resume_can_switch_on_the_memories_part_way_through_a_stage(tmp_path, 
     assert (state.stage, state.steps) == (0, 4)
     assert torch.equal(state.cluster_labels, torch.arange(n))
     assert state.instance_memory.centroids.shape[0] == n and state.memory.centroids.shape[0] == n
+
+
+@pytest.mark.parametrize('data_path', ['files', 'decoded'])
+def test_a_resolution_schedule_trains_the_last_epochs_larger_and_resumes_across_the_switch(
+        tmp_path, minute_per_step, monkeypatch, data_path):
+    # the smoke schedule has 4 epochs; the last one at 96x48. The sizes are read off the network's
+    # training inputs, not off anything the trainer reports
+    trained_at = []
+    create_embedder = trainer_module.create_embedder
+
+    def record_training_input(module, inputs):
+        if module.training:
+            trained_at.append(tuple(inputs[0].shape[-2:]))
+
+    def recording_embedder(*args, **kwargs):
+        model = create_embedder(*args, **kwargs)
+        model.register_forward_pre_hook(record_training_input)
+        return model
+    monkeypatch.setattr(trainer_module, 'create_embedder', recording_embedder)
+    options = dict(model=MODEL, final_image_size=(96, 48), final_size_epochs=1, data_path=data_path,
+                   workers=0)
+
+    straight = train(tiny_config(tmp_path / 'straight', **options))
+    steps_per_epoch = straight['steps'] // 4
+    assert trained_at == [(64, 32)] * 3 * steps_per_epoch + [(96, 48)] * steps_per_epoch
+    final = TrainingCheckpoint.load(tmp_path / 'straight' / 'checkpoint.pt')
+    assert final.image_size == (96, 48)
+    assert ', 64x32 then 96x48 for the last 1 epoch, ' in release_summary(final)  # the card's line
+    # the last stage's evaluation embedded at the size the weights were trained at, as loading them does
+    data = tmp_path / 'straight' / 'data' / 'synthetic'
+    again = evaluate_run(tiny_config(tmp_path / 'eval', data_root=str(data)),
+                         checkpoint=str(tmp_path / 'straight' / 'checkpoint.pt'))
+    assert again['mAP'] == pytest.approx(straight['mAP'], abs=1e-6)
+
+    before_switch = 3 * steps_per_epoch - 1
+    train(tiny_config(tmp_path / 'split', **options, time_budget_min=before_switch))
+    assert TrainingCheckpoint.load(tmp_path / 'split' / 'checkpoint.pt').image_size == (64, 32)
+    train(tiny_config(tmp_path / 'split', **options, time_budget_min=before_switch + 2), resume=True)
+    assert TrainingCheckpoint.load(tmp_path / 'split' / 'checkpoint.pt').image_size == (96, 48)
+    resumed = train(tiny_config(tmp_path / 'split', **options, time_budget_min=1e9), resume=True)
+    assert_same_weights(final.to_dict(), load_checkpoint(tmp_path / 'split' / 'checkpoint.pt'))
+    assert resumed['mAP'] == straight['mAP']

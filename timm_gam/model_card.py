@@ -16,6 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .card_metadata import CITATION, INSTALL, baseline_paragraph, card_data, split_note, with_metadata
+from .reid.checkpoint import TrainingCheckpoint
 from .reid.config import FIELDS_WITHOUT_FLAG, TrainConfig
 from .reid.embedding import LoadedEmbedder
 
@@ -241,7 +242,7 @@ embedding = F.normalize(model(transform(image).unsqueeze(0)), dim=1)  # image: a
 ## Results
 
 {_metrics_section(metrics, measured_by_publish, dtype)}
-These weights: {release_summary(config, state)}.
+These weights: {release_summary(checkpoint)}.
 {baseline_paragraph(baseline)}{_earlier_section(earlier)}
 Reproduce with `python recipes/unsup_reid.py --eval-only --pretrained --model {model_name} --data-root DATA`
 (DATA: the data set's folder; the embedding and input sizes come from the weights).
@@ -288,11 +289,16 @@ The exact command (a run interrupted and continued adds `--resume`; DATA is the 
 {CITATION}""")
 
 
-def release_summary(config: dict, state) -> str:
+def release_summary(checkpoint: TrainingCheckpoint) -> str:
     """One line naming a release among its predecessors: how long it trained, at what size, on what loss."""
+    config, state = checkpoint.config, checkpoint.state
     height, width = config['image_size']
-    return (f'{_epochs(state)}, {state.train_seconds / 60:.0f} training minutes, {height}x{width}, '
-            f'`{config["loss"]}`')
+    size = f'{height}x{width}'
+    if checkpoint.image_size != (height, width):  # a resolution schedule switched the size at the end
+        final_height, final_width = checkpoint.image_size
+        epochs = config['final_size_epochs']
+        size += f' then {final_height}x{final_width} for the last {epochs} epoch{"s" if epochs > 1 else ""}'
+    return f'{_epochs(state)}, {state.train_seconds / 60:.0f} training minutes, {size}, `{config["loss"]}`'
 
 
 def earlier_releases(card: str) -> list[dict]:

@@ -112,7 +112,7 @@ def _earlier_in(output: str | os.PathLike, loaded: LoadedEmbedder) -> list[dict]
     it is this very release (the same run at the same point, written again)."""
     card = Path(output) / MODEL_CARD_NAME
     earlier = earlier_releases(card.read_text()) if card.is_file() else []
-    this = release_summary(loaded.checkpoint.config, loaded.checkpoint.state)
+    this = release_summary(loaded.checkpoint)
     return [release for release in earlier if release['release'] != this]
 
 

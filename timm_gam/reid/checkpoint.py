@@ -123,8 +123,8 @@ class TrainingCheckpoint:
     """A ``checkpoint.pt``: the run's config, the backbone's weights, and (from training) where it stood.
 
     ``optimizer``, ``state`` and ``train_images`` are absent from checkpoints made to hold weights
-    only; everything that loads a model needs ``model_name``, ``embed_dim``, ``model`` and the
-    config's ``image_size``.
+    only; everything that loads a model needs ``model_name``, ``embed_dim``, ``model`` and
+    :attr:`image_size`.
     """
     config: dict  # TrainConfig as a dict
     model_name: str
@@ -133,11 +133,14 @@ class TrainingCheckpoint:
     optimizer: dict | None = None
     state: RunState | None = None
     train_images: str | None = None  # fingerprint of the training list the cluster labels refer to
+    # the input size the weights were last trained at, where a resolution schedule made it differ from the
+    # config's image_size (config.weights_image_size); absent in checkpoints written before there was one
+    trained_image_size: tuple[int, int] | None = None
 
     @property
     def image_size(self) -> tuple[int, int]:
-        """(height, width) the weights were trained with."""
-        return tuple(self.config['image_size'])
+        """(height, width) the weights were last trained at: what loading them for inference uses."""
+        return tuple(self.trained_image_size or self.config['image_size'])
 
     def last_evaluation(self) -> dict | None:
         """The evaluation the training run made of exactly these weights, if it made one.
@@ -159,7 +162,8 @@ class TrainingCheckpoint:
     def to_dict(self) -> dict:
         saved = {'config': self.config, 'model_name': self.model_name, 'embed_dim': self.embed_dim,
                  'model': self.model, 'optimizer': self.optimizer,
-                 'state': self.state.to_dict() if self.state else None, 'train_images': self.train_images}
+                 'state': self.state.to_dict() if self.state else None, 'train_images': self.train_images,
+                 'trained_image_size': self.trained_image_size and list(self.trained_image_size)}
         return {k: v for k, v in saved.items() if v is not None}
 
     @classmethod
@@ -167,7 +171,7 @@ class TrainingCheckpoint:
         state = saved.get('state') and RunState.from_dict(saved['state'], device)
         return cls(config=saved['config'], model_name=saved['model_name'], embed_dim=saved['embed_dim'],
                    model=saved['model'], optimizer=saved.get('optimizer'), state=state,
-                   train_images=saved.get('train_images'))
+                   train_images=saved.get('train_images'), trained_image_size=saved.get('trained_image_size'))
 
     def save(self, path: str | os.PathLike) -> None:
         save_checkpoint(self.to_dict(), path)

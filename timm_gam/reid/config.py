@@ -18,7 +18,8 @@ from .synthetic import make_synthetic_reid
 from .transforms import AUGMENTATION, AugmentationSpec
 
 __all__ = ['DATA_PATHS', 'FIELDS_WITHOUT_FLAG', 'IDL_NEGATIVES', 'LOSSES', 'TrainConfig', 'add_config_flags',
-           'learning_rate', 'merges_for_stage', 'stage_epochs']
+           'learning_rate', 'merges_for_stage', 'stage_epochs', 'total_epochs', 'training_image_size',
+           'weights_image_size']
 
 LOSSES = ('idl', 'acl', 'idl+acl')
 # 'files': decode and augment each image in DataLoader workers (torchvision); 'decoded': decode the
@@ -57,6 +58,13 @@ class TrainConfig:
     embed_dim: int = _option(2048)
     image_size: tuple[int, int] = _option((256, 128), '(height, width) of the network input, paper 5.2',
                                           metavar=('H', 'W'))
+    # a resolution schedule (beyond the paper): most epochs at the cheap image_size, the schedule's last
+    # final_size_epochs at final_image_size; clustering, evaluation and the saved weights follow the size
+    # the weights were last trained at (training_image_size, weights_image_size)
+    final_image_size: tuple[int, int] | None = _option(None, '(height, width) of the last --final-size-'
+                                                             'epochs epochs (a resolution schedule, beyond '
+                                                             'the paper; docs/recipe.md)', metavar=('H', 'W'))
+    final_size_epochs: int = _option(0, "epochs at the schedule's end trained at --final-image-size")
     loss: str = _option('idl+acl', choices=LOSSES)
     # the first stage whose training uses ACL: 0 is the paper (ACL of singletons from the first step), 1
     # an IDL-only warm-up, so that the first merge clusters features IDL alone has shaped (beyond the paper)
@@ -123,6 +131,19 @@ class TrainConfig:
                 raise ValueError(f'{name} must be {what}, got {value!r}')
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise ValueError(f'image_size must be (height, width) in pixels, got {self.image_size}')
+        if self.final_image_size is not None:
+            self.final_image_size = tuple(self.final_image_size)
+            if len(self.final_image_size) != 2 or min(self.final_image_size) < 1:
+                raise ValueError('final_image_size must be (height, width) in pixels, got '
+                                 f'{self.final_image_size}')
+        if (self.final_image_size is None) != (self.final_size_epochs == 0):
+            raise ValueError('a resolution schedule needs both --final-image-size H W and '
+                             f'--final-size-epochs N (N > 0), got {self.final_image_size} and '
+                             f'{self.final_size_epochs}: give both, or neither')
+        if self.final_size_epochs > total_epochs(self):
+            raise ValueError(f'final_size_epochs is {self.final_size_epochs}, but the schedule has only '
+                             f'{total_epochs(self)} epochs (warm-up + stages x epochs per stage): give at '
+                             'most that many')
         if not self.model or not self.output:
             raise ValueError('model and output must be named')
         if self.device != 'auto':
@@ -168,7 +189,7 @@ _INF = float('inf')
 # (field, lowest, highest, how the error says it); None passes where the field allows it
 _RANGES = (
     ('embed_dim', 1, _INF, 'a positive integer'), ('temperature', 1e-8, _INF, 'positive'),
-    ('acl_from_stage', 0, _INF, 'zero or more'),
+    ('acl_from_stage', 0, _INF, 'zero or more'), ('final_size_epochs', 0, _INF, 'zero or more'),
     ('memory_momentum', 0, 1 - 1e-12, 'in [0, 1)'), ('greyscale_view', 0, 1, 'a probability in [0, 1]'),
     ('batch_size', 1, _INF, 'a positive integer'),
     ('lr', 1e-12, _INF, 'positive'), ('momentum', 0, 1 - 1e-12, 'in [0, 1)'),
@@ -220,6 +241,26 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
 
 def stage_epochs(config: TrainConfig, stage: int) -> int:
     return config.warmup_epochs if stage == 0 else config.epochs_per_stage
+
+
+def total_epochs(config: TrainConfig) -> int:
+    """The schedule's length: the warm-up, then every stage (a label-free stop may end it earlier)."""
+    return config.warmup_epochs + config.stages * config.epochs_per_stage
+
+
+def training_image_size(config: TrainConfig, epoch: int) -> tuple[int, int]:
+    """The input size epoch ``epoch`` (from 0) trains at: ``image_size``, or ``final_image_size`` for the
+    schedule's last ``final_size_epochs`` epochs."""
+    if config.final_size_epochs and epoch >= total_epochs(config) - config.final_size_epochs:
+        return config.final_image_size
+    return config.image_size
+
+
+def weights_image_size(config: TrainConfig, epochs_done: int, steps_into_epoch: int = 0) -> tuple[int, int]:
+    """The size the weights were last trained at, after ``epochs_done`` epochs and ``steps_into_epoch``
+    steps of the next: the size everything that embeds with them uses (clustering, evaluation, the saved
+    checkpoint). Untrained weights count as ``image_size``'s."""
+    return training_image_size(config, epochs_done if steps_into_epoch else epochs_done - 1)
 
 
 def merges_for_stage(config: TrainConfig, num_images: int, num_clusters: int) -> int:

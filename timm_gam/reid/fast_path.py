@@ -48,7 +48,9 @@ def compile_for_training(model: torch.nn.Module, device: torch.device) -> tuple[
         if shutil.which(compiler) is None:
             return model, f'eager: no C++ compiler ({compiler}) for torch.compile on the CPU'
     from torch._inductor.runtime.cache_dir_utils import cache_dir
-    return torch.compile(model), f'compiled (inductor cache {cache_dir()})'
+    # static shapes: a resolution schedule's second input size compiles its own kernels once, instead of
+    # turning every kernel of the run into a slower shape-generic one
+    return torch.compile(model, dynamic=False), f'compiled (inductor cache {cache_dir()})'
 
 
 def cpu_model_name() -> str:

@@ -45,6 +45,8 @@ from .config import (
     learning_rate,
     merges_for_stage,
     stage_epochs,
+    training_image_size,
+    weights_image_size,
 )
 from .datasets import ReidSplits, prepare_data
 from .decoded_images import decode_images
@@ -128,9 +130,8 @@ class Trainer:
         self.log = RunLog(self.output) if self.group.is_main else None
         self.started = time.time()
         self.clock = TrainingClock()
-        self.decoded_train = None
-        if config.data_path == 'decoded':
-            self.decoded_train = decode_images(self.splits.train, config.image_size).to(self.device)
+        self.decoded_train = None  # the decoded data path's training set, at the size of decoded_size
+        self.decoded_size = None
 
     def _prepare_data_once(self) -> ReidSplits:
         # rank 0 generates the synthetic set (if any) before the other ranks read it
@@ -161,7 +162,8 @@ class Trainer:
             if state.epoch_in_stage == 0 and state.step_in_epoch == 0:
                 self._begin_stage(state)
             elif memories_missing(self.config, state):
-                build_missing_memories(self.config, state, self.embed(self.splits.train), self.group)
+                embeddings = self.embed(self.splits.train, self._weights_size(state))
+                build_missing_memories(self.config, state, embeddings, self.group)
             while state.epoch_in_stage < stage_epochs(self.config, state.stage) and not self._out_of_time():
                 self._train_epoch(state)
                 if state.epoch_in_stage < stage_epochs(self.config, state.stage):
@@ -188,7 +190,7 @@ class Trainer:
         if self.group.is_main:
             (self.output / 'config.json').write_text(json.dumps(asdict(self.config), indent=2) + '\n')
         if self.can_evaluate:
-            state.history['untrained'] = before = self.evaluate()
+            state.history['untrained'] = before = self.evaluate(self.config.image_size)
             self._report('eval', f'untrained: {format_metrics(before)}', stage=-1, **before)
         return state
 
@@ -214,7 +216,7 @@ class Trainer:
         """Embed the training set and re-cluster it (reid/stages.py), where the stage needs that."""
         if not stage_needs_embeddings(self.config, state):
             return
-        merged = begin_stage(self.config, state, self.embed(self.splits.train),
+        merged = begin_stage(self.config, state, self.embed(self.splits.train, self._weights_size(state)),
                              [im.camid for im in self.splits.train], self.group)
         if merged:
             self._report('merge', None, **merged)
@@ -228,9 +230,15 @@ class Trainer:
         torch.manual_seed(seed_for(self.config.seed, state.epoch))
         desc = f'stage {state.stage} epoch {state.epoch_in_stage + 1}'
         config, group = self.config, self.group
-        batches = train_batches(self.splits.train, image_size=config.image_size, batch_size=config.batch_size,
+        image_size = training_image_size(config, state.epoch)
+        if image_size != weights_image_size(config, state.epoch, state.step_in_epoch):
+            height, width = image_size
+            self._report('image_size', f'epoch {state.epoch + 1}: training at {height}x{width} from here '
+                         '(the resolution schedule)', epoch=state.epoch, image_size=list(image_size))
+        batches = train_batches(self.splits.train, image_size=image_size, batch_size=config.batch_size,
                                 seed=config.seed, epoch=state.epoch, skip_steps=state.step_in_epoch,
-                                rank=group.rank, world_size=group.world_size, decoded=self.decoded_train,
+                                rank=group.rank, world_size=group.world_size,
+                                decoded=self._decoded_training_set(image_size),
                                 workers=config.workers, pin_memory=self.device.type == 'cuda',
                                 augmentation=config.augmentation)
         try:
@@ -271,7 +279,7 @@ class Trainer:
             record['cluster_purity'] = cluster_purity(state.cluster_labels.numpy(), train_pids)
         if self.can_evaluate:
             with self.clock.paused():
-                record.update(self.evaluate())
+                record.update(self.evaluate(self._weights_size(state)))
         return record
 
     def _timed_evaluation(self, state: RunState, mark_min: float | None = None):
@@ -388,19 +396,34 @@ class Trainer:
 
     # -- embeddings, evaluation, bookkeeping ----------------------------------------------------
 
-    def embed(self, images) -> torch.Tensor:
-        """Embeddings of ``images`` in order; under torchrun each rank embeds a contiguous share."""
+    def _weights_size(self, state: RunState) -> tuple[int, int]:
+        return weights_image_size(self.config, state.epoch, state.step_in_epoch)
+
+    def _decoded_training_set(self, image_size: tuple[int, int]) -> torch.Tensor | None:
+        """The decoded data path's training set at ``image_size``, decoded again where the resolution
+        schedule changes the size (None on the ``files`` path)."""
+        if self.config.data_path != 'decoded':
+            return None
+        if self.decoded_size != image_size:
+            self.decoded_train = None  # let the old size go before the new one is made
+            self.decoded_train = decode_images(self.splits.train, image_size).to(self.device)
+            self.decoded_size = image_size
+        return self.decoded_train
+
+    def embed(self, images, image_size: tuple[int, int]) -> torch.Tensor:
+        """Embeddings of ``images`` at ``image_size``, in order; under torchrun each rank embeds a
+        contiguous share."""
         share = np.array_split(np.arange(len(images)), self.group.world_size)[self.group.rank]
         config = self.config
         mine = extract_embeddings(self.model, [images[i] for i in share],
-                                  build_eval_transform(config.image_size), batch_size=config.eval_batch_size,
+                                  build_eval_transform(image_size), batch_size=config.eval_batch_size,
                                   num_workers=config.workers,
                                   device=self.device, amp_dtype=autocast_dtype(config.amp, self.device))
         return all_gather_rows(mine.to(self.device), self.group).cpu()
 
-    def evaluate(self) -> dict:
-        return evaluate_split(self.embed(self.splits.query), self.embed(self.splits.gallery),
-                              self.splits.query, self.splits.gallery)
+    def evaluate(self, image_size: tuple[int, int]) -> dict:
+        query, gallery = self.splits.query, self.splits.gallery
+        return evaluate_split(self.embed(query, image_size), self.embed(gallery, image_size), query, gallery)
 
     def _save(self, state: RunState):
         if not self.group.is_main:
@@ -410,7 +433,8 @@ class Trainer:
         TrainingCheckpoint(config=asdict(self.config), model_name=self.config.model,
                            embed_dim=self.config.embed_dim, model=self.model.backbone.state_dict(),
                            optimizer=self.optimizer.state_dict(), state=state,
-                           train_images=self._train_images_fingerprint()).save(self.checkpoint_path)
+                           train_images=self._train_images_fingerprint(),
+                           trained_image_size=self._weights_size(state)).save(self.checkpoint_path)
 
     def _train_images_fingerprint(self) -> str:
         """Which training images, in which order, the saved cluster labels refer to."""
