@@ -81,6 +81,25 @@ def test_acl_does_not_backpropagate_into_memory():
     assert memory.grad is None and embeddings.grad is not None
 
 
+def test_acl_leaves_out_the_images_in_no_cluster():
+    # DBSCAN's outliers (label -1) take no part: the mean is over the clustered embeddings only
+    e1, e2 = torch.eye(2)
+    memory = torch.stack([e1, e2])
+    embeddings = torch.stack([e1, e2, e1]).requires_grad_()
+    loss = acl_loss(embeddings, torch.tensor([0, -1, 1]), memory, 0.1)
+    expected = (math.log(1 + math.exp(-10)) + 10 + math.log(1 + math.exp(-10))) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert embeddings.grad[1].abs().max() == 0 and embeddings.grad[0].abs().max() > 0
+
+
+def test_acl_of_outliers_only_is_zero_and_still_differentiable():
+    embeddings = F.normalize(torch.randn(3, 4), dim=1).requires_grad_()
+    loss = acl_loss(embeddings, torch.tensor([-1, -1, -1]), F.normalize(torch.randn(2, 4), dim=1))
+    loss.backward()
+    assert loss.item() == 0 and torch.equal(embeddings.grad, torch.zeros(3, 4))
+
+
 def test_instance_memory_loss_is_the_non_parametric_softmax():
     """Wu et al. 2018 Eq. 2: -log of exp(v_i . f / tau) over the sum of exp(v_j . f / tau), all images j."""
     generator = torch.Generator().manual_seed(3)

@@ -21,6 +21,17 @@ def test_update_hand_computed():
     assert torch.allclose(memory.centroids, torch.tensor([[h, h], [0.0, 1.0]]))  # cluster 1 untouched
 
 
+def test_images_in_no_cluster_neither_make_nor_move_a_centroid():
+    embeddings = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [1.0, 0.0]])
+    memory = ClusterMemory.from_embeddings(embeddings, torch.tensor([0, -1, 1, 0]))
+    assert torch.allclose(memory.centroids, torch.tensor([[1.0, 0.0], [0.0, -1.0]]))
+    memory.update(torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([-1, 1]))
+    h = 1 / math.sqrt(2)
+    assert torch.allclose(memory.centroids, torch.tensor([[1.0, 0.0], [h, -h]]))  # cluster 0 untouched
+    memory.update(torch.tensor([[0.0, 1.0]]), torch.tensor([-1]))  # a batch of outliers only
+    assert torch.allclose(memory.centroids, torch.tensor([[1.0, 0.0], [h, -h]]))
+
+
 def test_update_keeps_unit_norm_and_state_round_trips():
     torch.manual_seed(0)
     memory = ClusterMemory(torch.randn(5, 8), momentum=0.3)

@@ -99,6 +99,16 @@ def test_instance_memory_and_camera_centred_merging_train_and_resume(tmp_path, m
     assert_same_weights(a, b)
 
 
+def test_dbscan_clustering_trains_leaves_outliers_out_and_resumes_exactly(tmp_path, minute_per_step):
+    straight, a, _, b = straight_and_budgeted(tmp_path, clustering='dbscan', stages=1)
+    labels = a['state']['cluster_labels']
+    assert (labels >= -1).all() and straight['num_clusters'] == int(labels.max()) + 1
+    assert 0 < straight['outliers'] == int((labels < 0).sum()) < len(labels)  # the record counts them
+    assert a['state']['memory']['centroids'].shape[0] == straight['num_clusters']
+    assert torch.equal(labels, b['state']['cluster_labels'])
+    assert_same_weights(a, b)
+
+
 def test_camera_centred_merging_needs_camera_ids(tmp_path):
     from PIL import Image
     folder = tmp_path / 'plain'

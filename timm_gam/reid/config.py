@@ -17,14 +17,18 @@ from .datasets import LAYOUTS
 from .synthetic import make_synthetic_reid
 from .transforms import AUGMENTATION, AugmentationSpec
 
-__all__ = ['DATA_PATHS', 'FIELDS_WITHOUT_FLAG', 'IDL_NEGATIVES', 'LOSSES', 'TrainConfig', 'add_config_flags',
-           'learning_rate', 'merges_for_stage', 'stage_epochs', 'total_epochs', 'training_image_size',
-           'weights_image_size']
+__all__ = ['CLUSTERINGS', 'DATA_PATHS', 'FIELDS_WITHOUT_FLAG', 'IDL_NEGATIVES', 'LOSSES', 'TrainConfig',
+           'add_config_flags', 'learning_rate', 'merges_for_stage', 'stage_epochs', 'total_epochs',
+           'training_image_size', 'weights_image_size']
 
 LOSSES = ('idl', 'acl', 'idl+acl')
 # 'files': decode and augment each image in DataLoader workers (torchvision); 'decoded': decode the
 # training set once onto the training device and augment it there in batches (reid/decoded_images.py)
 DATA_PATHS = ('files', 'decoded')
+# how each stage after the warm-up forms its clusters: 'bottom-up', the paper's merging (Eq. 9-10,
+# reid/clustering.py); 'dbscan', DBSCAN on k-reciprocal Jaccard distances from scratch at every stage,
+# its outliers left out of ACL (reid/density_clustering.py)
+CLUSTERINGS = ('bottom-up', 'dbscan')
 # the negatives of the instance loss: 'batch', Eq. 4-6's other views of the batch; 'memory', a memory of
 # every training image instead (losses.instance_memory_loss, Wu et al. 2018); 'batch+memory', both terms
 IDL_NEGATIVES = ('batch', 'memory', 'batch+memory')
@@ -88,6 +92,14 @@ class TrainConfig:
     warmup_epochs: int = _option(20, 'epochs of stage 0, before the first merge')
     epochs_per_stage: int = _option(2)
     stages: int = _option(16, 'merge stages after stage 0')
+    clustering: str = _option('bottom-up', "'bottom-up': the paper's merging (Eq. 9-10); 'dbscan': DBSCAN "
+                                           'on k-reciprocal Jaccard distances, from scratch at each stage, '
+                                           'outliers left out of ACL (beyond the paper; docs/recipe.md)',
+                              choices=CLUSTERINGS)
+    dbscan_eps: float = _option(0.6, 'with --clustering dbscan: the largest Jaccard distance of two '
+                                     'neighbours')
+    dbscan_min_samples: int = _option(4, 'with --clustering dbscan: the neighbours that make an image a '
+                                         'core')
     merge_percent: float = _option(0.04, 'fraction of the training images merged per stage (paper: 0.04)')
     size_penalty: float = _option(0.005, 'lambda of Eq. 10 (default 0.005)')
     cluster_distance: str = _option('euclidean', "Eq. 9; 'sqeuclidean' as BUC's code", choices=DISTANCES)
@@ -122,7 +134,7 @@ class TrainConfig:
         self.image_size = tuple(self.image_size)
         for name, allowed in (('layout', LAYOUTS), ('loss', LOSSES), ('cluster_distance', DISTANCES),
                               ('size_update', SIZE_UPDATES), ('data_path', DATA_PATHS),
-                              ('idl_negatives', IDL_NEGATIVES)):
+                              ('idl_negatives', IDL_NEGATIVES), ('clustering', CLUSTERINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f'{name} must be one of {allowed}, got {getattr(self, name)!r}')
         for name, low, high, what in _RANGES:
@@ -196,7 +208,8 @@ _RANGES = (
     ('weight_decay', 0, _INF, 'zero or positive'), ('lr_decay_epochs', 1, _INF, 'a positive integer'),
     ('lr_decay', 1e-12, 1, 'in (0, 1]'), ('warmup_epochs', 0, _INF, 'zero or more'),
     ('epochs_per_stage', 1, _INF, 'a positive integer'), ('stages', 0, _INF, 'zero or more'),
-    ('merge_percent', 1e-12, 1, 'a fraction in (0, 1]'), ('size_penalty', 0, _INF, 'zero or positive'),
+    ('merge_percent', 1e-12, 1, 'a fraction in (0, 1]'), ('dbscan_eps', 1e-9, 1, 'a distance in (0, 1]'),
+    ('dbscan_min_samples', 1, _INF, 'a positive integer'), ('size_penalty', 0, _INF, 'zero or positive'),
     ('max_cluster_size', 1, _INF, 'a positive integer'), ('target_clusters', 1, _INF, 'a positive integer'),
     ('workers', 0, _INF, 'zero or more'), ('eval_batch_size', 1, _INF, 'a positive integer'),
     ('log_every', 1, _INF, 'a positive integer'), ('time_budget_min', 1e-9, _INF, 'positive minutes'),

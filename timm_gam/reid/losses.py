@@ -55,10 +55,15 @@ def acl_loss(embeddings: torch.Tensor, cluster_labels: torch.Tensor, memory: tor
     ``memory`` holds one L2-normalised centroid M_beta per cluster (|M| rows); each embedding is
     classified among all clusters by cosine similarity over the temperature. Gradients flow into the
     embeddings only: the memory bank is updated separately, after the optimiser step
-    (see :class:`timm_gam.reid.memory.ClusterMemory`). Returns the batch mean.
+    (see :class:`timm_gam.reid.memory.ClusterMemory`). Returns the mean over the batch's embeddings that
+    are in a cluster: label -1 (an outlier of ``clustering='dbscan'``) leaves an embedding out, and a
+    batch of outliers only has zero loss.
     """
-    logits = embeddings @ memory.detach().t() / temperature  # Eq. 7 numerator and denominator terms
-    return F.cross_entropy(logits, cluster_labels)
+    clustered = cluster_labels >= 0
+    if not clustered.any():
+        return embeddings.new_zeros(()) * embeddings.sum()  # zero, still part of the graph
+    logits = embeddings[clustered] @ memory.detach().t() / temperature  # Eq. 7 numerator and denominator
+    return F.cross_entropy(logits, cluster_labels[clustered])
 
 
 def instance_memory_loss(embeddings: torch.Tensor, image_indices: torch.Tensor, memory: torch.Tensor,

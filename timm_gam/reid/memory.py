@@ -27,10 +27,12 @@ class ClusterMemory:
     @classmethod
     def from_embeddings(cls, embeddings: torch.Tensor, cluster_labels: torch.Tensor,
                         momentum: float = 0.5) -> 'ClusterMemory':
-        """Mean embedding of each cluster 0..C-1; ``cluster_labels`` must be contiguous from 0."""
-        num_clusters = int(cluster_labels.max()) + 1
-        sums = torch.zeros(num_clusters, embeddings.shape[1], dtype=torch.float32)
-        sums.index_add_(0, cluster_labels.long().cpu(), embeddings.detach().float().cpu())
+        """Mean embedding of each cluster 0..C-1; ``cluster_labels`` must be contiguous from 0, with -1 for
+        images no cluster takes (DBSCAN's outliers)."""
+        labels, embeddings = cluster_labels.long().cpu(), embeddings.detach().float().cpu()
+        clustered = labels >= 0
+        sums = torch.zeros(int(labels.max()) + 1, embeddings.shape[1], dtype=torch.float32)
+        sums.index_add_(0, labels[clustered], embeddings[clustered])
         return cls(sums, momentum)
 
     def to(self, device) -> 'ClusterMemory':
@@ -39,7 +41,12 @@ class ClusterMemory:
 
     @torch.no_grad()
     def update(self, embeddings: torch.Tensor, cluster_labels: torch.Tensor) -> None:
-        """Move each batch cluster's centroid towards its members' mean embedding."""
+        """Move each batch cluster's centroid towards its members' mean embedding; images labelled -1
+        (in no cluster) move nothing."""
+        clustered = cluster_labels >= 0
+        embeddings, cluster_labels = embeddings[clustered], cluster_labels[clustered]
+        if not len(cluster_labels):
+            return
         clusters, inverse = torch.unique(cluster_labels, return_inverse=True)
         batch_means = torch.zeros(len(clusters), embeddings.shape[1], device=embeddings.device)
         batch_means.index_add_(0, inverse, embeddings.detach().float())

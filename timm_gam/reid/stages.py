@@ -1,9 +1,10 @@
 """Between two stages of the schedule: re-cluster the training set (Eq. 9-10) and rebuild the memory.
 
 Stage 0 trains with every image its own cluster (|M| = n). Each later stage starts from embeddings of
-the whole training set, merges the closest clusters bottom-up (:func:`merge_clusters`) and builds the
-memory bank M of ACL from the new clusters (the mean embedding of each, Sec. 4.3). The caller embeds;
-this module only decides, so it needs neither the model nor the trainer.
+the whole training set, merges the closest clusters bottom-up (:func:`merge_clusters`), or with
+``clustering='dbscan'`` clusters them afresh (:func:`dbscan_clusters`, label -1 for its outliers), and
+builds the memory bank M of ACL from the new clusters (the mean embedding of each, Sec. 4.3). The caller
+embeds; this module only decides, so it needs neither the model nor the trainer.
 """
 import time
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from .cameras import camera_centred
 from .checkpoint import RunState
 from .clustering import merge_clusters
 from .config import TrainConfig, merges_for_stage
+from .density_clustering import dbscan_clusters
 from .distributed import ProcessGroup, broadcast_tensor
 from .memory import ClusterMemory
 
@@ -36,16 +38,20 @@ def begin_stage(config: TrainConfig, state: RunState, embeddings: torch.Tensor, 
         return None
     merged = None
     if state.stage > 0:
-        num_merges = merges_for_stage(config, len(embeddings), int(state.cluster_labels.max()) + 1)
         start = time.perf_counter()
         features = camera_centred(embeddings, cameras) if config.camera_centred_merge else embeddings
-        labels = torch.as_tensor(merge_clusters(
-            features, state.cluster_labels.numpy(), num_merges, config.size_penalty,
-            distance=config.cluster_distance, size_update=config.size_update,
-            max_cluster_size=config.max_cluster_size), dtype=torch.long)
-        state.cluster_labels = broadcast_tensor(labels, group)
-        merged = {'stage': state.stage, 'merges': num_merges,
-                  'num_clusters': int(state.cluster_labels.max()) + 1, 'seconds': time.perf_counter() - start}
+        if config.clustering == 'dbscan':
+            labels = dbscan_clusters(features, config.dbscan_eps, config.dbscan_min_samples)
+            what = {'outliers': int((labels < 0).sum())}
+        else:
+            num_merges = merges_for_stage(config, len(embeddings), int(state.cluster_labels.max()) + 1)
+            labels = merge_clusters(features, state.cluster_labels.numpy(), num_merges, config.size_penalty,
+                                    distance=config.cluster_distance, size_update=config.size_update,
+                                    max_cluster_size=config.max_cluster_size)
+            what = {'merges': num_merges}
+        state.cluster_labels = broadcast_tensor(torch.as_tensor(labels, dtype=torch.long), group)
+        merged = {'stage': state.stage, **what, 'num_clusters': int(state.cluster_labels.max()) + 1,
+                  'seconds': time.perf_counter() - start}
     _build_cluster_memory(config, state, embeddings, group)
     return merged
 

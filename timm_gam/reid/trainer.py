@@ -263,7 +263,8 @@ class Trainer:
         state.history['stages'].append(record)
         self._report('stage', f'stage {state.stage}: {num_clusters} clusters, {format_metrics(record)}',
                      **record)
-        reached_target = num_clusters <= self.config.target_clusters
+        # the label-free stop of merging; DBSCAN's count rises and falls with the features, it ends nothing
+        reached_target = self.config.clustering == 'bottom-up' and num_clusters <= self.config.target_clusters
         state.stage = self.config.stages + 1 if reached_target else state.stage + 1
         state.epoch_in_stage = 0
 
@@ -275,8 +276,12 @@ class Trainer:
                   'steps': state.steps, 'num_clusters': num_clusters, 'train_minutes': self.clock.minutes(),
                   'wall_time_s': state.elapsed_s + time.time() - self.started}
         train_pids = np.array([im.pid for im in self.splits.train])
-        if (train_pids >= 0).all():  # a diagnostic: file-name labels never reach training
-            record['cluster_purity'] = cluster_purity(state.cluster_labels.numpy(), train_pids)
+        labels = state.cluster_labels.numpy()
+        clustered = labels >= 0  # all but DBSCAN's outliers
+        if self.config.clustering == 'dbscan':
+            record['outliers'] = int((~clustered).sum())
+        if (train_pids >= 0).all() and clustered.any():  # a diagnostic: file-name labels never reach training
+            record['cluster_purity'] = cluster_purity(labels[clustered], train_pids[clustered])
         if self.can_evaluate:
             with self.clock.paused():
                 record.update(self.evaluate(self._weights_size(state)))
