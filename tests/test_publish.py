@@ -5,7 +5,7 @@ huggingface_hub is imported, so they are set in a fresh process).
 """
 import json
 import shlex
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
@@ -15,11 +15,13 @@ import torch
 from huggingface_hub import ModelCard
 from recipe_scripts import load_recipe
 from test_hub import assert_same_tensors, run_offline
+from tiny_config import tiny_config
 
 from timm_gam import hub, model_card, release
 from timm_gam.reid import LoadedEmbedder, ReidEmbedder, load_embedder
 from timm_gam.reid.checkpoint import TrainingCheckpoint, load_checkpoint
 from timm_gam.reid.config import FIELDS_WITHOUT_FLAG, TrainConfig
+from timm_gam.reid.trainer import train
 
 FP32_REPO_ID = 'timm-gam/test_convnext.publish-fp32'
 FP16_REPO_ID = 'timm-gam/test_convnext.publish-fp16'
@@ -135,6 +137,30 @@ def test_recipe_command_sets_every_flag_of_the_recipe(tiny_run):
     rebuilt = recipe.build_config(recipe.parse_args(command[2:]))
     for name in flags & {f.name for f in fields(TrainConfig)}:
         assert getattr(rebuilt, name) == getattr(config, name), name
+
+
+def test_a_run_resumed_with_changed_settings_is_given_as_its_commands_in_order(tmp_path):
+    # the card must reproduce the run as it was made: started with one configuration, continued with another
+    first = tiny_config(tmp_path / 'run', model='test_convnext', stages=1)
+    train(first)
+    final = tiny_config(tmp_path / 'run', model='test_convnext', stages=2, lr=0.05, compile=False,
+                        size_update='refresh')
+    train(final, resume=True)
+    state = TrainingCheckpoint.load(tmp_path / 'run' / 'checkpoint.pt').state
+    (resumed,) = state.history['resumed_with']
+    assert resumed['epoch'] == 3 and resumed['changes'] == {'lr': [None, 0.05], 'stages': [1, 2],
+                                                            'size_update': ['step', 'refresh']}
+    lines = model_card.recipe_commands(asdict(final), state).splitlines()
+    assert lines[1] == '# continued after 3 epochs, with changed settings:'
+    recipe = load_recipe('unsup_reid')
+    started = recipe.build_config(recipe.parse_args(shlex.split(lines[0])[2:]))
+    for name in set(asdict(first)) - set(FIELDS_WITHOUT_FLAG) - {'output'}:
+        assert getattr(started, name) == getattr(first, name), name
+    resume_args = recipe.parse_args(shlex.split(lines[2])[2:])
+    assert resume_args.resume and resume_args.output == first.output
+    given = {k: v for k, v in vars(resume_args).items()
+             if k in asdict(final) and v is not None and k != 'output'}
+    assert given == {'lr': 0.05, 'stages': 2, 'size_update': 'refresh'}
 
 
 def test_registry_mismatch_names_what_pretrained_true_would_get_wrong():

@@ -56,18 +56,40 @@ def recipe_command(config: dict, data_root: str | None = None, output: str | Non
     args = ['python', 'recipes/unsup_reid.py']
     for field in fields(TrainConfig):
         name, value = field.name, config.get(field.name, defaults[field.name])
-        if name in FIELDS_WITHOUT_FLAG or value is None:
+        at_default_bool = isinstance(value, bool) and value == defaults[name]  # a flag only says a change
+        if name in FIELDS_WITHOUT_FLAG or value is None or at_default_bool:
             continue
-        flag = '--' + name.replace('_', '-')
-        if name == 'amp':
-            args += [] if value else ['--no-amp']
-        elif isinstance(value, bool):
-            args += [flag] if value else []
-        elif isinstance(value, (list, tuple)):
-            args += [flag, *map(str, value)]
-        else:
-            args += [flag, str(value)]
+        args += _flag_arguments(name, value)
     return shlex.join(args)
+
+
+def _flag_arguments(name: str, value) -> list[str]:
+    flag = '--' + name.replace('_', '-')
+    if isinstance(value, bool):
+        return [flag] if value else ['--no-' + name.replace('_', '-')]
+    if isinstance(value, (list, tuple)):
+        return [flag, *map(str, value)]
+    return [flag, str(value)]
+
+
+def recipe_commands(config: dict, state, data_root: str | None = None, output: str | None = None) -> str:
+    """The commands that made the run: :func:`recipe_command` of the configuration it started with, then one
+    ``--resume`` line for each resume that changed settings (``state.history['resumed_with']``, recorded by
+    the trainer), with the epoch it continued from."""
+    resumes = state.history.get('resumed_with', []) if state else []
+    started_with = dict(config)
+    for resume in reversed(resumes):
+        started_with.update({name: before for name, (before, _) in resume['changes'].items()})
+    lines = [recipe_command(started_with, data_root, output)]
+    folder = output or config['output']
+    for resume in resumes:
+        steps = f' and {resume["step_in_epoch"]} steps' if resume['step_in_epoch'] else ''
+        changed = [arg for name, (_, after) in resume['changes'].items() if name not in FIELDS_WITHOUT_FLAG
+                   and after is not None for arg in _flag_arguments(name, after)]
+        lines.append(f'# continued after {resume["epoch"]} epochs{steps}, with changed settings:')
+        lines.append(shlex.join(['python', 'recipes/unsup_reid.py', '--output', folder, '--resume',
+                                 *changed]))
+    return '\n'.join(lines)
 
 
 def settings_without_flag(config: dict) -> dict:
@@ -268,7 +290,7 @@ without them) on {hardware_line}.
 The exact command (a run interrupted and continued adds `--resume`; DATA is the data set's folder):
 
 ```bash
-{recipe_command(config, data_root='DATA', output=_card_output(config))}
+{recipe_commands(config, state, data_root='DATA', output=_card_output(config))}
 ```
 {extra}
 ## Data and licence

@@ -8,7 +8,7 @@ import argparse
 import inspect
 import types
 import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
@@ -18,8 +18,8 @@ from .synthetic import make_synthetic_reid
 from .transforms import AUGMENTATION, AugmentationSpec
 
 __all__ = ['CLUSTERINGS', 'DATA_PATHS', 'FIELDS_WITHOUT_FLAG', 'IDL_NEGATIVES', 'LOSSES', 'TrainConfig',
-           'add_config_flags', 'learning_rate', 'merges_for_stage', 'stage_epochs', 'total_epochs',
-           'training_image_size', 'weights_image_size']
+           'add_config_flags', 'config_changes', 'learning_rate', 'merges_for_stage', 'stage_epochs',
+           'total_epochs', 'training_image_size', 'weights_image_size']
 
 LOSSES = ('idl', 'acl', 'idl+acl')
 # 'files': decode and augment each image in DataLoader workers (torchvision); 'decoded': decode the
@@ -245,6 +245,23 @@ def _without_none(annotation):
     if isinstance(annotation, types.UnionType):
         (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
     return annotation
+
+
+def config_changes(saved: dict, config: TrainConfig) -> dict:
+    """``{field: [saved value, new value]}`` for each field a resume changes, the run's folders aside (the
+    data's fingerprint checks those). A field the saved config lacks (written before the field existed)
+    counts as its default, what that run used."""
+    defaults, new = asdict(TrainConfig()), asdict(config)
+    changes = {}
+    for name, value in new.items():
+        before = saved.get(name, defaults[name])
+        if name not in ('output', 'data_root') and _plain(before) != _plain(value):
+            changes[name] = [_plain(before), _plain(value)]
+    return changes
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:

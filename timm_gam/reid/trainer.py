@@ -42,6 +42,7 @@ from .config import (
     IDL_NEGATIVES,
     LOSSES,
     TrainConfig,
+    config_changes,
     learning_rate,
     merges_for_stage,
     stage_epochs,
@@ -210,6 +211,11 @@ class Trainer:
                                   '--data-root and code version, or start afresh in a new --output')
         self._report('resume', f'{self.checkpoint_path}: stage {state.stage}, epoch {state.epoch}',
                      stage=state.stage, epoch=state.epoch)
+        if changes := config_changes(saved.config, self.config):
+            # the run's provenance: what a card must say to reproduce it (model_card.recipe_commands)
+            state.history.setdefault('resumed_with', []).append(
+                {'epoch': state.epoch, 'step_in_epoch': state.step_in_epoch, 'steps': state.steps,
+                 'changes': changes})
         return state
 
     def _begin_stage(self, state: RunState):
