@@ -9,8 +9,9 @@ import torch
 from tiny_config import tiny_config
 
 import timm_gam.reid.trainer as trainer_module
-from timm_gam.model_card import release_summary
+from timm_gam.model_card import model_card, release_summary
 from timm_gam.reid.checkpoint import TrainingCheckpoint, load_checkpoint
+from timm_gam.reid.embedding import load_embedder
 from timm_gam.reid.eval_only import evaluate_run
 from timm_gam.reid.trainer import TrainingClock, train
 
@@ -107,6 +108,9 @@ def test_dbscan_clustering_trains_leaves_outliers_out_and_resumes_exactly(tmp_pa
     assert a['state']['memory']['centroids'].shape[0] == straight['num_clusters']
     assert torch.equal(labels, b['state']['cluster_labels'])
     assert_same_weights(a, b)
+    card = model_card(load_embedder(checkpoint=tmp_path / 'straight' / 'checkpoint.pt'), 'timm-gam/tiny',
+                      metrics=None, measured_by_publish=False)
+    assert f"{straight['outliers']:,} images in none: DBSCAN's outliers" in card
 
 
 def test_camera_centred_merging_needs_camera_ids(tmp_path):

@@ -213,6 +213,8 @@ def model_card(loaded: LoadedEmbedder, repo_id: str, *, metrics: dict | None, me
     gmacs = count_gmacs(backbone, loaded.image_size)
     stages = state.history['stages']
     clusters = int(state.cluster_labels.max()) + 1  # where training stopped, maybe after its last stage
+    outliers = int((state.cluster_labels < 0).sum())
+    outlier_note = f' ({outliers:,} images in none: DBSCAN\'s outliers)' if outliers else ''
     last = checkpoint.last_evaluation() or (stages[-1] if stages else {})
     finished = state.stage > config['stages']
     trained_on, licence = _data_description(config, num_train_images)
@@ -283,7 +285,7 @@ Reproduce with `python recipes/unsup_reid.py --eval-only --pretrained --model {m
 
 Trained on {trained_on}, from {'pretrained' if config['pretrained'] else 'scratch (no ImageNet weights)'},
 with loss `{config['loss']}`. {progress.capitalize()}: {_epochs(state)} in all, ending
-with {clusters:,} clusters of {num_train_images:,} training images.{purity_line} Training took
+with {clusters:,} clusters of {num_train_images:,} training images{outlier_note}.{purity_line} Training took
 {_format_hours(state.elapsed_s)} of wall time (evaluations included; {state.train_seconds / 60:.0f} minutes
 without them) on {hardware_line}.
 {_curve_section(state)}
