@@ -60,6 +60,13 @@ PRESETS = {
                      stages=20, merge_percent=0.04, size_update='refresh', max_cluster_size=40,
                      camera_centred_merge=True, lr_decay_epochs=25, channels_last=True, data_path='decoded',
                      workers=0, compile=True, acl_from_stage=1),
+    # cpu-full's input, speed settings and IDL-only warm-up, lengthened to 32 epochs, then 28 stages of one
+    # epoch, each clustering the training set afresh with DBSCAN on k-reciprocal Jaccard distances (eps
+    # 0.3: docs/recipe.md), its outliers left out of ACL: the recipe of the DBSCAN run (docs/results.md)
+    'cpu-dbscan': dict(image_size=(64, 32), embed_dim=1024, batch_size=32, warmup_epochs=32,
+                       epochs_per_stage=1, stages=28, clustering='dbscan', dbscan_eps=0.3,
+                       camera_centred_merge=True, lr_decay_epochs=25, channels_last=True, data_path='decoded',
+                       workers=0, compile=True, acl_from_stage=1),
     # a whole schedule on 62 tiny synthetic training images in a minute: for tests, and for checking a
     # change end to end (kill/resume, torchrun) before a long run; --model test_convnext is fastest
     'smoke': dict(image_size=(64, 32), embed_dim=64, batch_size=16, warmup_epochs=2, epochs_per_stage=1,

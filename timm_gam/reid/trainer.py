@@ -1,8 +1,9 @@
 """Label-free training of a re-ID embedding: the staged schedule of the paper (Sec. 4, 5.2).
 
 Stage 0 trains with every image its own cluster (|M| = n). Each later stage first embeds the whole
-training set once, merges the closest clusters bottom-up and rebuilds the memory bank from the new
-clusters (:mod:`~timm_gam.reid.stages`, Eq. 9-10), then trains again: :meth:`Trainer.train_step` is one
+training set once, merges the closest clusters bottom-up (or, an option, clusters it afresh with DBSCAN)
+and rebuilds the memory bank from the new clusters (:mod:`~timm_gam.reid.stages`, Eq. 9-10), then trains
+again: :meth:`Trainer.train_step` is one
 step of the total loss of Eq. 11, ``J = J_idl + J_acl``, on the batches of
 :func:`~timm_gam.reid.batches.train_batches`. After every stage the query/gallery split (when labelled)
 is evaluated with the Market-1501 protocol and a checkpoint is written; a run resumes from its last
