@@ -100,6 +100,9 @@ class TrainConfig:
                                      'neighbours')
     dbscan_min_samples: int = _option(4, 'with --clustering dbscan: the neighbours that make an image a '
                                          'core')
+    camera_proxies: bool = _option(False, "ACL against one proxy per cluster and camera, with CAP's "
+                                          'intra- and inter-camera losses in place of Eq. 7-8 (Wang et al. '
+                                          'AAAI 2021; beyond the paper, docs/recipe.md)')
     merge_percent: float = _option(0.04, 'fraction of the training images merged per stage (paper: 0.04)')
     size_penalty: float = _option(0.005, 'lambda of Eq. 10 (default 0.005)')
     cluster_distance: str = _option('euclidean', "Eq. 9; 'sqeuclidean' as BUC's code", choices=DISTANCES)
@@ -148,6 +151,9 @@ class TrainConfig:
             if len(self.final_image_size) != 2 or min(self.final_image_size) < 1:
                 raise ValueError('final_image_size must be (height, width) in pixels, got '
                                  f'{self.final_image_size}')
+        if self.camera_proxies and not self.uses_acl:
+            raise ValueError(f'--camera-proxies changes ACL, and --loss {self.loss} has none: use --loss '
+                             'idl+acl (or acl), or drop --camera-proxies')
         if (self.final_image_size is None) != (self.final_size_epochs == 0):
             raise ValueError('a resolution schedule needs both --final-image-size H W and '
                              f'--final-size-epochs N (N > 0), got {self.final_image_size} and '

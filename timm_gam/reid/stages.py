@@ -3,14 +3,16 @@
 Stage 0 trains with every image its own cluster (|M| = n). Each later stage starts from embeddings of
 the whole training set, merges the closest clusters bottom-up (:func:`merge_clusters`), or with
 ``clustering='dbscan'`` clusters them afresh (:func:`dbscan_clusters`, label -1 for its outliers), and
-builds the memory bank M of ACL from the new clusters (the mean embedding of each, Sec. 4.3). The caller
-embeds; this module only decides, so it needs neither the model nor the trainer.
+builds the memory bank M of ACL from the new clusters (the mean embedding of each, Sec. 4.3; with
+``camera_proxies``, of each cluster's images from one camera, :mod:`~timm_gam.reid.camera_proxies`).
+The caller embeds; this module only decides, so it needs neither the model nor the trainer.
 """
 import time
 from collections.abc import Sequence
 
 import torch
 
+from .camera_proxies import CameraProxies
 from .cameras import camera_centred
 from .checkpoint import RunState
 from .clustering import merge_clusters
@@ -52,7 +54,7 @@ def begin_stage(config: TrainConfig, state: RunState, embeddings: torch.Tensor, 
         state.cluster_labels = broadcast_tensor(torch.as_tensor(labels, dtype=torch.long), group)
         merged = {'stage': state.stage, **what, 'num_clusters': int(state.cluster_labels.max()) + 1,
                   'seconds': time.perf_counter() - start}
-    _build_cluster_memory(config, state, embeddings, group)
+    _build_cluster_memory(config, state, embeddings, cameras, group)
     return merged
 
 
@@ -64,12 +66,12 @@ def memories_missing(config: TrainConfig, state: RunState) -> bool:
 
 
 def build_missing_memories(config: TrainConfig, state: RunState, embeddings: torch.Tensor,
-                           group: ProcessGroup) -> None:
+                           cameras: Sequence[int], group: ProcessGroup) -> None:
     """Build the memories :func:`memories_missing` finds from the training set's ``embeddings``, keeping the
     stage's clusters as they are: a merge belongs to the start of a stage, never to a resume."""
     _build_instance_memory(config, state, embeddings, group)
     if config.acl_in_stage(state.stage) and state.memory is None:
-        _build_cluster_memory(config, state, embeddings, group)
+        _build_cluster_memory(config, state, embeddings, cameras, group)
 
 
 def _build_instance_memory(config: TrainConfig, state: RunState, embeddings: torch.Tensor,
@@ -81,7 +83,10 @@ def _build_instance_memory(config: TrainConfig, state: RunState, embeddings: tor
 
 
 def _build_cluster_memory(config: TrainConfig, state: RunState, embeddings: torch.Tensor,
-                          group: ProcessGroup) -> None:
-    """M of Sec. 4.3: the mean embedding of each of the stage's clusters."""
-    state.memory = ClusterMemory.from_embeddings(embeddings, state.cluster_labels,
-                                                 config.memory_momentum).to(group.device)
+                          cameras: Sequence[int], group: ProcessGroup) -> None:
+    """M of Sec. 4.3: the mean embedding of each of the stage's clusters, or with ``camera_proxies`` of
+    each (cluster, camera) proxy (reid/camera_proxies.py)."""
+    labels = state.cluster_labels
+    if config.camera_proxies:
+        labels = CameraProxies.from_clusters(labels, torch.as_tensor(cameras)).labels
+    state.memory = ClusterMemory.from_embeddings(embeddings, labels, config.memory_momentum).to(group.device)

@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from .batches import DecodedBatches, SeededPerImage, seed_for, steps_per_epoch, train_batches
+from .camera_proxies import CameraProxies, camera_proxy_loss
 from .checkpoint import CheckpointError, RunState, TrainingCheckpoint
 from .clustering import cluster_purity
 from .config import (
@@ -134,6 +135,8 @@ class Trainer:
         self.clock = TrainingClock()
         self.decoded_train = None  # the decoded data path's training set, at the size of decoded_size
         self.decoded_size = None
+        self.train_cameras = torch.tensor([im.camid for im in self.splits.train])
+        self.proxies, self.proxies_of = None, None  # camera_proxies: the proxies of the labels proxies_of
 
     def _prepare_data_once(self) -> ReidSplits:
         # rank 0 generates the synthetic set (if any) before the other ranks read it
@@ -147,8 +150,10 @@ class Trainer:
             self.group.barrier()
         if not splits.train:
             raise ValueError(f'no readable training images under {splits.root}')
-        if config.camera_centred_merge and any(im.camid < 0 for im in splits.train):
-            raise ValueError(f'--camera-centred-merge needs the camera of every training image, and the '
+        needs_cameras = config.camera_centred_merge or config.camera_proxies
+        if needs_cameras and any(im.camid < 0 for im in splits.train):
+            flag = '--camera-centred-merge' if config.camera_centred_merge else '--camera-proxies'
+            raise ValueError(f'{flag} needs the camera of every training image, and the '
                              f'file names under {splits.root} do not give it: use a Market-1501 or '
                              'DukeMTMC-reID layout, or train without the option')
         return splits
@@ -165,7 +170,7 @@ class Trainer:
                 self._begin_stage(state)
             elif memories_missing(self.config, state):
                 embeddings = self.embed(self.splits.train, self._weights_size(state))
-                build_missing_memories(self.config, state, embeddings, self.group)
+                build_missing_memories(self.config, state, embeddings, self.train_cameras, self.group)
             while state.epoch_in_stage < stage_epochs(self.config, state.stage) and not self._out_of_time():
                 self._train_epoch(state)
                 if state.epoch_in_stage < stage_epochs(self.config, state.stage):
@@ -224,7 +229,7 @@ class Trainer:
         if not stage_needs_embeddings(self.config, state):
             return
         merged = begin_stage(self.config, state, self.embed(self.splits.train, self._weights_size(state)),
-                             [im.camid for im in self.splits.train], self.group)
+                             self.train_cameras, self.group)
         if merged:
             self._report('merge', None, **merged)
 
@@ -381,7 +386,14 @@ class Trainer:
         if config.uses_instance_memory:  # beyond the paper: every training image is a negative
             memory = state.instance_memory.centroids
             idl = idl + instance_memory_loss(both_views, images.repeat(2), memory, tau)
-        acl = acl_loss(both_views, labels.repeat(2), state.memory.centroids, tau) if use_acl else no_loss
+        if use_acl and config.camera_proxies:  # beyond the paper: M holds one proxy per cluster and camera
+            proxies = self._camera_proxies(state)
+            labels = all_gather_rows(proxies.labels[index.to(self.device)], group)
+            cameras = all_gather_rows(self.train_cameras[index].to(self.device), group)
+            acl = camera_proxy_loss(both_views, labels.repeat(2), cameras.repeat(2), proxies,
+                                    state.memory.centroids, tau)
+        else:
+            acl = acl_loss(both_views, labels.repeat(2), state.memory.centroids, tau) if use_acl else no_loss
         loss = idl + acl  # Eq. 11, with ACL of Eq. 7-8
         if not torch.isfinite(loss):
             raise FloatingPointError(f'the loss became {loss.item()} (idl {idl.item()}, acl {acl.item()})')
@@ -393,6 +405,14 @@ class Trainer:
         if config.uses_instance_memory:
             state.instance_memory.update(anchor.detach(), images)
         return {'loss': loss, 'idl': idl, 'acl': acl, 'images': len(anchor)}
+
+    def _camera_proxies(self, state: RunState) -> CameraProxies:
+        """The proxies of the stage's clusters, made again whenever the cluster labels are new ones."""
+        if self.proxies_of is not state.cluster_labels:
+            proxies = CameraProxies.from_clusters(state.cluster_labels, self.train_cameras)
+            self.proxies = proxies.to(self.device)
+            self.proxies_of = state.cluster_labels
+        return self.proxies
 
     def _log_step(self, meter: 'EpochMeter', losses: dict, state: RunState, desc: str, num_steps: int,
                   show: bool):
