@@ -30,7 +30,7 @@ from pathlib import Path
 
 import timm_gam  # noqa: F401  (registers the GAM and CBAM models with timm)
 from timm_gam.reid.checkpoint import TrainingCheckpoint
-from timm_gam.reid.config import TrainConfig, add_config_flags
+from timm_gam.reid.config import TrainConfig, add_config_flags, config_changes
 from timm_gam.reid.eval_only import evaluate_run
 from timm_gam.reid.trainer import train
 
@@ -112,12 +112,13 @@ def build_config(args) -> TrainConfig:
         values = {**TrainingCheckpoint.load(output / 'checkpoint.pt').config, 'output': values['output']}
     elif args.resume and (output / 'config.json').exists():  # killed before its first checkpoint
         values = {**json.loads((output / 'config.json').read_text()), 'output': values['output']}
-    if args.resume:
-        changed = {k: v for k, v in given.items() if k != 'output' and values.get(k) != v}
-        if changed:
-            print('[resume] changing the saved configuration: '
-                  + ', '.join(f'{k} {values.get(k)!r} -> {v!r}' for k, v in changed.items()))
-    return TrainConfig(**{**values, **given})
+    config = TrainConfig(**{**values, **given})
+    if args.resume and (changed := config_changes(values, config)):
+        # the same comparison the trainer records in the checkpoint: a field the saved run predates counts
+        # as its default, which that run used
+        print('[resume] changing the saved configuration: '
+              + ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in changed.items()))
+    return config
 
 
 def main(argv=None) -> dict:

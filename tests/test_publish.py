@@ -163,6 +163,21 @@ def test_a_run_resumed_with_changed_settings_is_given_as_its_commands_in_order(t
     assert given == {'lr': 0.05, 'stages': 2, 'size_update': 'refresh'}
 
 
+def test_a_resume_prints_what_it_changes_against_the_saved_run(tmp_path, capsys):
+    run = tmp_path / 'run'
+    run.mkdir()
+    saved = asdict(tiny_config(run, model='test_convnext'))
+    del saved['camera_proxies']  # saved before the field existed: that run used its default
+    (run / 'config.json').write_text(json.dumps(saved))
+    recipe = load_recipe('unsup_reid')
+    config = recipe.build_config(recipe.parse_args(['--output', str(run), '--resume', '--camera-proxies',
+                                                    '--stages', str(saved['stages'] + 1)]))
+    assert config.camera_proxies and config.stages == saved['stages'] + 1
+    assert capsys.readouterr().out.strip() == ('[resume] changing the saved configuration: stages '
+                                               f"{saved['stages']} -> {saved['stages'] + 1}, camera_proxies "
+                                               'False -> True')
+
+
 def test_registry_mismatch_names_what_pretrained_true_would_get_wrong():
     loaded = LoadedEmbedder(ReidEmbedder(timm.create_model('test_convnext', num_classes=64)),
                             (64, 32), 'tiny')
