@@ -14,7 +14,9 @@ from timm_gam.reid.camera_proxies import (
     inter_camera_loss,
     intra_camera_loss,
 )
+from timm_gam.reid.checkpoint import TrainingCheckpoint
 from timm_gam.reid.memory import ClusterMemory
+from timm_gam.reid.trainer import train
 
 TAU = 0.1
 
@@ -114,6 +116,20 @@ def test_a_run_with_camera_proxies_trains_and_resumes_exactly(tmp_path, minute_p
     assert torch.equal(labels, b['state']['cluster_labels'])
     assert_same_weights(a, b)
     assert torch.equal(a['state']['memory']['centroids'], b['state']['memory']['centroids'])
+
+
+def test_a_resume_that_switches_camera_proxies_on_mid_stage_builds_the_proxy_memory(tmp_path,
+                                                                                    minute_per_step):  # noqa: F811
+    options = dict(model=MODEL, clustering='dbscan', stages=1)
+    train(tiny_config(tmp_path / 'run', **options, time_budget_min=7))  # 6 warm-up steps, 1 of stage 1
+    before = TrainingCheckpoint.load(tmp_path / 'run' / 'checkpoint.pt').state
+    assert (before.stage, before.step_in_epoch) == (1, 1)
+    train(tiny_config(tmp_path / 'run', **options, camera_proxies=True, time_budget_min=1e9), resume=True)
+    after = TrainingCheckpoint.load(tmp_path / 'run' / 'checkpoint.pt').state
+    assert torch.equal(after.cluster_labels, before.cluster_labels)  # the stage's clusters are kept
+    cameras = torch.tensor(reference_cameras(tmp_path / 'run'))
+    proxies = CameraProxies.from_clusters(after.cluster_labels, cameras)
+    assert len(after.memory.centroids) == len(proxies.cluster) > len(before.memory.centroids)
 
 
 def reference_cameras(run):

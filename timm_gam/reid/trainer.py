@@ -222,6 +222,8 @@ class Trainer:
             state.history.setdefault('resumed_with', []).append(
                 {'epoch': state.epoch, 'step_in_epoch': state.step_in_epoch, 'steps': state.steps,
                  'changes': changes})
+        if 'camera_proxies' in changes:
+            state.memory = None  # M's rows were clusters and are now proxies, or the reverse: built anew
         return state
 
     def _begin_stage(self, state: RunState):
