@@ -113,6 +113,21 @@ def test_dbscan_clustering_trains_leaves_outliers_out_and_resumes_exactly(tmp_pa
     assert f"{straight['outliers']:,} images in none: DBSCAN's outliers" in card
 
 
+def test_the_identity_upper_bound_clusters_by_identity_and_is_never_released(tmp_path):
+    from timm_gam import release
+    from timm_gam.reid.datasets import prepare_data
+    metrics = train(tiny_config(tmp_path / 'run', model=MODEL, clustering='identities', stages=1))
+    state = TrainingCheckpoint.load(tmp_path / 'run' / 'checkpoint.pt').state
+    identities = [im.pid for im in prepare_data(tmp_path / 'run' / 'data' / 'synthetic', 'auto').train]
+    first_label = {}
+    for label, identity in zip(state.cluster_labels.tolist(), identities, strict=True):
+        assert first_label.setdefault(identity, label) == label  # one cluster per person, one person each
+    assert len(set(first_label.values())) == len(first_label) and metrics['cluster_purity'] == 1.0
+    with pytest.raises(ValueError, match='not label-free'):
+        release.write_release_folder(load_embedder(checkpoint=tmp_path / 'run' / 'checkpoint.pt'),
+                                     tmp_path / 'hub', 'timm-gam/tiny')
+
+
 def test_camera_centred_merging_needs_camera_ids(tmp_path):
     from PIL import Image
     folder = tmp_path / 'plain'

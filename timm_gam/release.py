@@ -91,6 +91,10 @@ def write_release_folder(loaded: LoadedEmbedder, output: str | os.PathLike, repo
     if loaded.checkpoint is None:
         raise ValueError('a release is made from a training checkpoint (its config and history go into the '
                          'model card): pass --checkpoint RUN/checkpoint.pt')
+    if loaded.checkpoint.config.get('clustering') == 'identities':
+        raise ValueError('this checkpoint trained on the identity labels (--clustering identities, a '
+                         'supervised upper bound): it is not label-free and is not released; publish a '
+                         'label-free run')
     if repo_id.count('/') != 1:
         raise ValueError(f"--repo-id must be 'org/name' as on the Hub, got {repo_id!r}")
     round_weights(loaded.backbone, dtype)

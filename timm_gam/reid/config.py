@@ -27,8 +27,9 @@ LOSSES = ('idl', 'acl', 'idl+acl')
 DATA_PATHS = ('files', 'decoded')
 # how each stage after the warm-up forms its clusters: 'bottom-up', the paper's merging (Eq. 9-10,
 # reid/clustering.py); 'dbscan', DBSCAN on k-reciprocal Jaccard distances from scratch at every stage,
-# its outliers left out of ACL (reid/density_clustering.py)
-CLUSTERINGS = ('bottom-up', 'dbscan')
+# its outliers left out of ACL (reid/density_clustering.py); 'identities', the file-name identities as the
+# clusters: a supervised upper bound that says how much better clusters could do, never label-free
+CLUSTERINGS = ('bottom-up', 'dbscan', 'identities')
 # the negatives of the instance loss: 'batch', Eq. 4-6's other views of the batch; 'memory', a memory of
 # every training image instead (losses.instance_memory_loss, Wu et al. 2018); 'batch+memory', both terms
 IDL_NEGATIVES = ('batch', 'memory', 'batch+memory')
@@ -94,7 +95,9 @@ class TrainConfig:
     stages: int = _option(16, 'merge stages after stage 0')
     clustering: str = _option('bottom-up', "'bottom-up': the paper's merging (Eq. 9-10); 'dbscan': DBSCAN "
                                            'on k-reciprocal Jaccard distances, from scratch at each stage, '
-                                           'outliers left out of ACL (beyond the paper; docs/recipe.md)',
+                                           'outliers left out of ACL (beyond the paper; docs/recipe.md); '
+                                           "'identities': the file-name identities, a supervised upper bound "
+                                           'for diagnosis that cannot be released',
                               choices=CLUSTERINGS)
     dbscan_eps: float = _option(0.6, 'with --clustering dbscan: the largest Jaccard distance of two '
                                      'neighbours')

@@ -13,10 +13,11 @@ minutes. The training clock (:class:`TrainingClock`) stops while the run evaluat
 on is :class:`~timm_gam.reid.config.TrainConfig`.
 
 Identity labels are read from file names for evaluation and for the cluster-purity diagnostic only:
-training, clustering and the memory never see them. Neither the order of the file list nor the file
-names matter: the training list is put in content order (:func:`~timm_gam.reid.datasets.in_content_order`)
-before the seeded shuffle draws batches from it, centroids come from embeddings, merging depends on
-distances.
+training, clustering and the memory never see them, except in ``clustering='identities'``, a supervised
+upper bound that takes them as the clusters and cannot be released. Neither the order of the file list
+nor the file names matter: the training list is put in content order
+(:func:`~timm_gam.reid.datasets.in_content_order`) before the seeded shuffle draws batches from it,
+centroids come from embeddings, merging depends on distances.
 
 Everything random in an epoch depends on (seed, epoch) alone and everything else is restored from the
 checkpoint as saved, so a run killed at any moment and resumed ends exactly where an uninterrupted
@@ -150,6 +151,10 @@ class Trainer:
             self.group.barrier()
         if not splits.train:
             raise ValueError(f'no readable training images under {splits.root}')
+        if config.clustering == 'identities' and any(im.pid < 0 for im in splits.train):
+            raise ValueError(f"--clustering identities needs every training image's identity, and the file "
+                             f'names under {splits.root} do not give it: use a Market-1501 or DukeMTMC-reID '
+                             'layout')
         needs_cameras = config.camera_centred_merge or config.camera_proxies
         if needs_cameras and any(im.camid < 0 for im in splits.train):
             flag = '--camera-centred-merge' if config.camera_centred_merge else '--camera-proxies'
@@ -230,8 +235,10 @@ class Trainer:
         """Embed the training set and re-cluster it (reid/stages.py), where the stage needs that."""
         if not stage_needs_embeddings(self.config, state):
             return
+        # only the supervised upper bound is given the file-name identities
+        identities = [im.pid for im in self.splits.train] if self.config.clustering == 'identities' else None
         merged = begin_stage(self.config, state, self.embed(self.splits.train, self._weights_size(state)),
-                             self.train_cameras, self.group)
+                             self.train_cameras, self.group, identities)
         if merged:
             self._report('merge', None, **merged)
 
