@@ -128,7 +128,7 @@ def test_the_identity_upper_bound_clusters_by_identity_and_is_never_released(tmp
                                      tmp_path / 'hub', 'timm-gam/tiny')
 
 
-def test_camera_centred_merging_needs_camera_ids(tmp_path):
+def test_camera_options_and_the_identity_bound_need_the_file_names_metadata(tmp_path):
     from PIL import Image
     folder = tmp_path / 'plain'
     folder.mkdir()
@@ -136,6 +136,10 @@ def test_camera_centred_merging_needs_camera_ids(tmp_path):
         Image.new('RGB', (32, 64), (i * 40, 0, 0)).save(folder / f'img{i}.jpg')
     with pytest.raises(ValueError, match='camera of every training image'):
         train(tiny_config(tmp_path / 'run', model=MODEL, data_root=str(folder), camera_centred_merge=True))
+    with pytest.raises(ValueError, match='--camera-proxies needs the camera of every training image'):
+        train(tiny_config(tmp_path / 'run', model=MODEL, data_root=str(folder), camera_proxies=True))
+    with pytest.raises(ValueError, match="--clustering identities needs every training image's identity"):
+        train(tiny_config(tmp_path / 'run', model=MODEL, data_root=str(folder), clustering='identities'))
 
 
 def test_the_card_of_a_budgeted_run_says_so_and_gives_its_curve(tmp_path, minute_per_step):
