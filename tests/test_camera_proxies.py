@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from test_time_budget import MODEL, assert_same_weights, minute_per_step, straight_and_budgeted  # noqa: F401
 from tiny_config import tiny_config
 
+from timm_gam.model_card import model_card
 from timm_gam.reid.camera_proxies import (
     CameraProxies,
     camera_proxy_loss,
@@ -15,6 +16,7 @@ from timm_gam.reid.camera_proxies import (
     intra_camera_loss,
 )
 from timm_gam.reid.checkpoint import TrainingCheckpoint
+from timm_gam.reid.embedding import load_embedder
 from timm_gam.reid.memory import ClusterMemory
 from timm_gam.reid.trainer import train
 
@@ -116,6 +118,10 @@ def test_a_run_with_camera_proxies_trains_and_resumes_exactly(tmp_path, minute_p
     assert torch.equal(labels, b['state']['cluster_labels'])
     assert_same_weights(a, b)
     assert torch.equal(a['state']['memory']['centroids'], b['state']['memory']['centroids'])
+    card = model_card(load_embedder(checkpoint=tmp_path / 'straight' / 'checkpoint.pt'), 'timm-gam/tiny',
+                      metrics=None, measured_by_publish=False)
+    assert ('clusters formed afresh by DBSCAN at every stage (docs/recipe.md), ACL\'s memory holding one '
+            'proxy per cluster and camera' in ' '.join(card.split()))
 
 
 def test_a_resume_that_switches_camera_proxies_on_mid_stage_builds_the_proxy_memory(tmp_path,

@@ -170,6 +170,18 @@ def _card_output(config: dict) -> str:
     return f'runs/{Path(config["output"]).name}'
 
 
+def _objective(config: dict) -> str:
+    """The loss and, where ACL is in it, how the clusters were formed and what M holds."""
+    loss = f"loss `{config['loss']}`"
+    if 'acl' not in config['loss']:
+        return loss
+    clustering = {'bottom-up': 'clusters merged bottom-up (Eq. 9-10)',
+                  'dbscan': 'clusters formed afresh by DBSCAN at every stage (docs/recipe.md)'}
+    memory = ("ACL's memory holding one proxy per cluster and camera (camera-aware proxies, Wang et al. "
+              'AAAI 2021)' if config.get('camera_proxies') else None)
+    return ', '.join(filter(None, [loss, clustering[config.get('clustering', 'bottom-up')], memory]))
+
+
 def _epochs(state) -> str:
     """Epochs trained, with the steps of the epoch a time budget stopped in."""
     if not state.step_in_epoch:
@@ -284,7 +296,7 @@ Reproduce with `python recipes/unsup_reid.py --eval-only --pretrained --model {m
 ## Training
 
 Trained on {trained_on}, from {'pretrained' if config['pretrained'] else 'scratch (no ImageNet weights)'},
-with loss `{config['loss']}`. {progress.capitalize()}: {_epochs(state)} in all, ending
+with {_objective(config)}. {progress.capitalize()}: {_epochs(state)} in all, ending
 with {clusters:,} clusters of {num_train_images:,} training images{outlier_note}.{purity_line} Training took
 {_format_hours(state.elapsed_s)} of wall time (evaluations included; {state.train_seconds / 60:.0f} minutes
 without them) on {hardware_line}.
