@@ -9,7 +9,9 @@ import pytest
 import torch
 from tiny_config import tiny_config
 
+from timm_gam.model_card import model_card
 from timm_gam.reid.checkpoint import CheckpointError, load_checkpoint
+from timm_gam.reid.embedding import load_embedder
 from timm_gam.reid.eval_only import evaluate_run
 from timm_gam.reid.trainer import train
 
@@ -122,3 +124,59 @@ def test_batch_plus_memory_adds_the_memory_term_to_eq_6(tmp_path):
     untouched[index] = False
     assert torch.equal(state.instance_memory.centroids[untouched], memory[untouched])
     assert not torch.equal(state.instance_memory.centroids[index], memory[index])
+
+
+def test_mean_teacher_is_the_moving_average_of_the_trained_weights(tmp_path):
+    # --mean-teacher-decay d: after every step, teacher = d * teacher + (1 - d) * weights, buffers included
+    from timm_gam.reid.checkpoint import RunState
+    from timm_gam.reid.trainer import Trainer
+    decay = 0.9
+    trainer = Trainer(tiny_config(tmp_path, model='test_efficientnet_gn', mean_teacher_decay=decay))
+    assert trainer.inference_model is trainer.mean_teacher.module
+    state = RunState(cluster_labels=torch.arange(len(trainer.splits.train)))
+    trainer._begin_stage(state)
+    expected = {name: value.clone() for name, value in trainer.model.state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        views = [torch.randn(4, 3, *trainer.config.image_size, generator=generator) for _ in range(2)]
+        index = torch.randint(len(trainer.splits.train), (4,), generator=generator)
+        trainer.train_step((views, index), state)
+        for name, value in trainer.model.state_dict().items():
+            averaged = decay * expected[name] + (1 - decay) * value
+            expected[name] = averaged if value.is_floating_point() else value
+    teacher = trainer.mean_teacher.module.state_dict()
+    for name, value in expected.items():
+        torch.testing.assert_close(teacher[name], value, msg=name)
+    trained = trainer.model.state_dict()
+    assert any(not torch.equal(teacher[name], trained[name]) for name in trained)
+
+
+def test_a_run_with_a_mean_teacher_evaluates_and_saves_the_teacher(tmp_path):
+    # the stage evaluations embed with the teacher, and the checkpoint's inference weights are the teacher's:
+    # eval-only of the checkpoint gives the run's own final figures; the trained weights are kept for resuming
+    config = tiny_config(tmp_path / 'run', model='test_efficientnet_gn', mean_teacher_decay=0.5)
+    metrics = train(config)
+    saved = load_checkpoint(f'{config.output}/checkpoint.pt')
+    assert set(saved['mean_teacher']) == set(saved['model'])
+    assert any(not torch.equal(saved['mean_teacher'][k], saved['model'][k]) for k in saved['model'])
+    again = evaluate_run(tiny_config(tmp_path / 'eval', data_root=f'{config.output}/data/synthetic'),
+                         checkpoint=f'{config.output}/checkpoint.pt')
+    for key in ('rank1', 'mAP'):
+        assert again[key] == pytest.approx(metrics[key], abs=1e-6)
+    card = model_card(load_embedder(checkpoint=f'{config.output}/checkpoint.pt'), 'timm-gam/tiny',
+                      metrics=None, measured_by_publish=False)
+    card = ' '.join(card.split())
+    assert "the released weights a mean teacher's" in card and 'decay 0.5 per step' in card
+
+
+def test_resume_with_a_mean_teacher_matches_uninterrupted(tmp_path):
+    options = dict(model='test_efficientnet_gn', mean_teacher_decay=0.5)
+    train(tiny_config(tmp_path / 'straight', **options))
+    train(tiny_config(tmp_path / 'split', **options, stages=0))
+    train(tiny_config(tmp_path / 'split', **options), resume=True)
+    a = load_checkpoint(tmp_path / 'straight' / 'checkpoint.pt')
+    b = load_checkpoint(tmp_path / 'split' / 'checkpoint.pt')
+    assert torch.equal(a['state']['cluster_labels'], b['state']['cluster_labels'])
+    for weights in ('model', 'mean_teacher'):
+        for key, value in a[weights].items():
+            assert torch.equal(value, b[weights][key]), (weights, key)

@@ -171,15 +171,19 @@ def _card_output(config: dict) -> str:
 
 
 def _objective(config: dict) -> str:
-    """The loss and, where ACL is in it, how the clusters were formed and what M holds."""
+    """The loss; where ACL is in it, how the clusters were formed and what M holds; and whether the
+    released weights are a mean teacher's."""
     loss = f"loss `{config['loss']}`"
+    teacher = (f"the released weights a mean teacher's (the moving average of the trained weights, decay "
+               f"{config['mean_teacher_decay']} per step; Tarvainen & Valpola 2017), whose features were "
+               'also the ones clustered' if config.get('mean_teacher_decay') else None)
     if 'acl' not in config['loss']:
-        return loss
+        return ', '.join(filter(None, [loss, teacher]))
     clustering = {'bottom-up': 'clusters merged bottom-up (Eq. 9-10)',
                   'dbscan': 'clusters formed afresh by DBSCAN at every stage (docs/recipe.md)'}
     memory = ("ACL's memory holding one proxy per cluster and camera (camera-aware proxies, Wang et al. "
               'AAAI 2021)' if config.get('camera_proxies') else None)
-    return ', '.join(filter(None, [loss, clustering[config.get('clustering', 'bottom-up')], memory]))
+    return ', '.join(filter(None, [loss, clustering[config.get('clustering', 'bottom-up')], memory, teacher]))
 
 
 def _epochs(state) -> str:

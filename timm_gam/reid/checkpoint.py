@@ -136,6 +136,15 @@ class TrainingCheckpoint:
     # the input size the weights were last trained at, where a resolution schedule made it differ from the
     # config's image_size (config.weights_image_size); absent in checkpoints written before there was one
     trained_image_size: tuple[int, int] | None = None
+    # the mean teacher's backbone state dict, where the run kept one (config mean_teacher_decay): its
+    # features were clustered and evaluated, so it is what inference loads
+    mean_teacher: dict | None = None
+
+    @property
+    def inference_weights(self) -> dict:
+        """The backbone state dict to embed with: the mean teacher's where the run kept one, else
+        :attr:`model`, the trained weights themselves."""
+        return self.model if self.mean_teacher is None else self.mean_teacher
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -163,7 +172,8 @@ class TrainingCheckpoint:
         saved = {'config': self.config, 'model_name': self.model_name, 'embed_dim': self.embed_dim,
                  'model': self.model, 'optimizer': self.optimizer,
                  'state': self.state.to_dict() if self.state else None, 'train_images': self.train_images,
-                 'trained_image_size': self.trained_image_size and list(self.trained_image_size)}
+                 'trained_image_size': self.trained_image_size and list(self.trained_image_size),
+                 'mean_teacher': self.mean_teacher}
         return {k: v for k, v in saved.items() if v is not None}
 
     @classmethod
@@ -171,7 +181,8 @@ class TrainingCheckpoint:
         state = saved.get('state') and RunState.from_dict(saved['state'], device)
         return cls(config=saved['config'], model_name=saved['model_name'], embed_dim=saved['embed_dim'],
                    model=saved['model'], optimizer=saved.get('optimizer'), state=state,
-                   train_images=saved.get('train_images'), trained_image_size=saved.get('trained_image_size'))
+                   train_images=saved.get('train_images'), trained_image_size=saved.get('trained_image_size'),
+                   mean_teacher=saved.get('mean_teacher'))
 
     def save(self, path: str | os.PathLike) -> None:
         save_checkpoint(self.to_dict(), path)

@@ -84,6 +84,11 @@ class TrainConfig:
     greyscale_view: float = _option(0.0, "probability that IDL's augmented view is made greyscale (the "
                                     'anchor keeps its colour), so features cannot rest on colour alone; not '
                                     'in the paper (docs/recipe.md)')
+    # beyond the paper: a mean teacher (Tarvainen & Valpola 2017; MMT, Ge et al. ICLR 2020), the weights'
+    # moving average, gives the features that are clustered, evaluated and released (docs/recipe.md)
+    mean_teacher_decay: float = _option(0.0, 'decay of a moving average of the weights (a mean teacher, '
+                                             'e.g. 0.999 per step) whose features are clustered, evaluated '
+                                             'and released; 0 (default, the paper): no mean teacher')
     batch_size: int = _option(32)
     lr: float | None = _option(None, 'default 0.1 from scratch, 0.01 with --pretrained (paper 5.2)')
     momentum: float = 0.9
@@ -211,7 +216,8 @@ _INF = float('inf')
 _RANGES = (
     ('embed_dim', 1, _INF, 'a positive integer'), ('temperature', 1e-8, _INF, 'positive'),
     ('acl_from_stage', 0, _INF, 'zero or more'), ('final_size_epochs', 0, _INF, 'zero or more'),
-    ('memory_momentum', 0, 1 - 1e-12, 'in [0, 1)'), ('greyscale_view', 0, 1, 'a probability in [0, 1]'),
+    ('memory_momentum', 0, 1 - 1e-12, 'in [0, 1)'), ('mean_teacher_decay', 0, 1 - 1e-12, 'in [0, 1)'),
+    ('greyscale_view', 0, 1, 'a probability in [0, 1]'),
     ('batch_size', 1, _INF, 'a positive integer'),
     ('lr', 1e-12, _INF, 'positive'), ('momentum', 0, 1 - 1e-12, 'in [0, 1)'),
     ('weight_decay', 0, _INF, 'zero or positive'), ('lr_decay_epochs', 1, _INF, 'a positive integer'),

@@ -85,9 +85,10 @@ def trained_input_cfg(backbone: nn.Module, image_size: tuple[int, int]) -> dict:
 
 
 def load_checkpoint_weights(model: ReidEmbedder, checkpoint: TrainingCheckpoint, path,
-                            model_name: str) -> None:
-    """Load a checkpoint's weights into ``model`` (a ``model_name`` embedder), with a clear message when
-    the checkpoint is of another model or size."""
+                            model_name: str, weights: dict | None = None) -> None:
+    """Load a checkpoint's ``weights`` (default: its inference weights, the mean teacher's where the run
+    kept one) into ``model`` (a ``model_name`` embedder), with a clear message when the checkpoint is of
+    another model or size."""
     if checkpoint.model_name != model_name:
         raise CheckpointError(f'{path} holds a {checkpoint.model_name!r} model, not {model_name!r}: pass '
                               f'--model {checkpoint.model_name}, or the checkpoint of a {model_name} run')
@@ -95,7 +96,7 @@ def load_checkpoint_weights(model: ReidEmbedder, checkpoint: TrainingCheckpoint,
         raise CheckpointError(f'{path} has embedding size {checkpoint.embed_dim}, the model '
                               f'{model.embed_dim}: pass --embed-dim {checkpoint.embed_dim}')
     try:
-        model.backbone.load_state_dict(checkpoint.model)
+        model.backbone.load_state_dict(checkpoint.inference_weights if weights is None else weights)
     except RuntimeError as e:  # names or shapes that do not fit: a hand-edited or foreign checkpoint
         raise CheckpointError(f'the weights in {path} do not fit a {model_name!r} model ({str(e)[:300]}); '
                               'pass a checkpoint.pt written by recipes/unsup_reid.py for this model') from e

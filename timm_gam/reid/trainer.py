@@ -19,6 +19,10 @@ nor the file names matter: the training list is put in content order
 (:func:`~timm_gam.reid.datasets.in_content_order`) before the seeded shuffle draws batches from it,
 centroids come from embeddings, merging depends on distances.
 
+With ``mean_teacher_decay`` (beyond the paper) a moving average of the weights, updated after every
+step, is the :attr:`Trainer.inference_model`: its embeddings are clustered and evaluated, and it is what
+the checkpoint's inference weights hold, while the optimiser trains :attr:`Trainer.model`.
+
 Everything random in an epoch depends on (seed, epoch) alone and everything else is restored from the
 checkpoint as saved, so a run killed at any moment and resumed ends exactly where an uninterrupted
 one does.
@@ -34,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from .batches import DecodedBatches, SeededPerImage, seed_for, steps_per_epoch, train_batches
@@ -119,6 +124,9 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = create_embedder(config.model, config.embed_dim, pretrained=config.pretrained)
         self.model.to(self.device, memory_format=_memory_format(config))
+        # the mean teacher starts as the weights are now; a resume loads its saved state over it
+        self.mean_teacher = (ModelEmaV3(self.model, decay=config.mean_teacher_decay)
+                             if config.mean_teacher_decay else None)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.base_lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay, nesterov=True)
         self.train_model = self.model
@@ -211,7 +219,11 @@ class Trainer:
         if saved.state is None or saved.optimizer is None:
             raise CheckpointError(f'{self.checkpoint_path} holds weights only, no training state to resume: '
                                   'start afresh in a new --output')
-        load_checkpoint_weights(self.model, saved, self.checkpoint_path, self.config.model)
+        path, name = self.checkpoint_path, self.config.model
+        load_checkpoint_weights(self.model, saved, path, name, weights=saved.model)
+        if self.mean_teacher is not None:  # a run that kept none starts its teacher from its weights now
+            load_checkpoint_weights(self.mean_teacher.module, saved, path, name,
+                                    weights=saved.mean_teacher or saved.model)
         self.optimizer.load_state_dict(saved.optimizer)
         state = saved.state
         if saved.train_images != self._train_images_fingerprint():
@@ -409,6 +421,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         (loss * group.world_size).backward()  # DDP averages gradients over ranks: the global batch's sum
         self.optimizer.step()
+        if self.mean_teacher is not None:
+            self.mean_teacher.update(self.model)
         if use_acl:
             state.memory.update(anchor.detach(), labels)
         if config.uses_instance_memory:
@@ -451,12 +465,18 @@ class Trainer:
             self.decoded_size = image_size
         return self.decoded_train
 
+    @property
+    def inference_model(self) -> torch.nn.Module:
+        """What clustering and evaluation embed with, and what the checkpoint's inference weights hold:
+        the mean teacher where the run keeps one, else the trained model itself."""
+        return self.model if self.mean_teacher is None else self.mean_teacher.module
+
     def embed(self, images, image_size: tuple[int, int]) -> torch.Tensor:
-        """Embeddings of ``images`` at ``image_size``, in order; under torchrun each rank embeds a
-        contiguous share."""
+        """Embeddings of ``images`` at ``image_size`` by :attr:`inference_model`, in order; under torchrun
+        each rank embeds a contiguous share."""
         share = np.array_split(np.arange(len(images)), self.group.world_size)[self.group.rank]
         config = self.config
-        mine = extract_embeddings(self.model, [images[i] for i in share],
+        mine = extract_embeddings(self.inference_model, [images[i] for i in share],
                                   build_eval_transform(image_size), batch_size=config.eval_batch_size,
                                   num_workers=config.workers,
                                   device=self.device, amp_dtype=autocast_dtype(config.amp, self.device))
@@ -475,7 +495,9 @@ class Trainer:
                            embed_dim=self.config.embed_dim, model=self.model.backbone.state_dict(),
                            optimizer=self.optimizer.state_dict(), state=state,
                            train_images=self._train_images_fingerprint(),
-                           trained_image_size=self._weights_size(state)).save(self.checkpoint_path)
+                           trained_image_size=self._weights_size(state),
+                           mean_teacher=self.mean_teacher and self.mean_teacher.module.backbone.state_dict()
+                           ).save(self.checkpoint_path)
 
     def _train_images_fingerprint(self) -> str:
         """Which training images, in which order, the saved cluster labels refer to."""
