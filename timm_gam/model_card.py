@@ -183,7 +183,11 @@ def _objective(config: dict) -> str:
                   'dbscan': 'clusters formed afresh by DBSCAN at every stage (docs/recipe.md)'}
     memory = ("ACL's memory holding one proxy per cluster and camera (camera-aware proxies, Wang et al. "
               'AAAI 2021)' if config.get('camera_proxies') else None)
-    return ', '.join(filter(None, [loss, clustering[config.get('clustering', 'bottom-up')], memory, teacher]))
+    reliable = (f"only the clusters that DBSCAN at eps +- {config['reliability_gap']} neither merges nor "
+                "splits kept (SpCL's reliability criterion, Ge et al. NeurIPS 2020)"
+                if config.get('clustering') == 'dbscan' and config.get('reliability_gap') else None)
+    return ', '.join(filter(None, [loss, clustering[config.get('clustering', 'bottom-up')], reliable, memory,
+                                   teacher]))
 
 
 def _epochs(state) -> str:

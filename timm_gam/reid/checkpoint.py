@@ -97,6 +97,7 @@ class RunState:
     cluster_labels: torch.Tensor | None = None
     memory: ClusterMemory | None = None
     instance_memory: ClusterMemory | None = None  # one slot per image, for idl_negatives with 'memory'
+    independence_threshold: float | None = None  # reliability_gap's, set at the run's first clustering
     history: dict = field(default_factory=lambda: {'stages': [], 'timed': []})
     elapsed_s: float = 0.0  # wall time of the run before this process started, evaluations included
     train_seconds: float = 0.0  # the same without the evaluations: the clock of a time budget

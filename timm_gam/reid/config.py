@@ -108,6 +108,10 @@ class TrainConfig:
                                      'neighbours')
     dbscan_min_samples: int = _option(4, 'with --clustering dbscan: the neighbours that make an image a '
                                          'core')
+    reliability_gap: float = _option(0.0, "with --clustering dbscan: SpCL's self-paced criterion, which "
+                                          'keeps only the clusters that DBSCAN at eps +- this gap neither '
+                                          'merges nor splits (beyond the paper; SpCL: 0.02; docs/recipe.md); '
+                                          '0: every cluster')
     camera_proxies: bool = _option(False, "ACL against one proxy per cluster and camera, with CAP's "
                                           'intra- and inter-camera losses in place of Eq. 7-8 (Wang et al. '
                                           'AAAI 2021; beyond the paper, docs/recipe.md)')
@@ -224,7 +228,8 @@ _RANGES = (
     ('lr_decay', 1e-12, 1, 'in (0, 1]'), ('warmup_epochs', 0, _INF, 'zero or more'),
     ('epochs_per_stage', 1, _INF, 'a positive integer'), ('stages', 0, _INF, 'zero or more'),
     ('merge_percent', 1e-12, 1, 'a fraction in (0, 1]'), ('dbscan_eps', 1e-9, 1, 'a distance in (0, 1]'),
-    ('dbscan_min_samples', 1, _INF, 'a positive integer'), ('size_penalty', 0, _INF, 'zero or positive'),
+    ('dbscan_min_samples', 1, _INF, 'a positive integer'), ('reliability_gap', 0, 1, 'a distance in [0, 1]'),
+    ('size_penalty', 0, _INF, 'zero or positive'),
     ('max_cluster_size', 1, _INF, 'a positive integer'), ('target_clusters', 1, _INF, 'a positive integer'),
     ('workers', 0, _INF, 'zero or more'), ('eval_batch_size', 1, _INF, 'a positive integer'),
     ('log_every', 1, _INF, 'a positive integer'), ('time_budget_min', 1e-9, _INF, 'positive minutes'),

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import DBSCAN
 
-__all__ = ['K1', 'K2', 'dbscan_clusters', 'k_reciprocal_jaccard_distance']
+__all__ = ['K1', 'K2', 'dbscan_clusters', 'dbscan_labels', 'k_reciprocal_jaccard_distance']
 
 K1, K2 = 30, 6
 
@@ -69,10 +69,14 @@ def k_reciprocal_jaccard_distance(features: torch.Tensor, k1: int = K1, k2: int 
     return np.clip(distance, 0, 1)
 
 
-def dbscan_clusters(features: torch.Tensor, eps: float = 0.6, min_samples: int = 4, k1: int = K1,
-                    k2: int = K2) -> np.ndarray:
-    """Cluster labels 0..C-1 of DBSCAN (scikit-learn) on :func:`k_reciprocal_jaccard_distance`; -1 marks
-    the outliers, which no cluster takes."""
-    distance = k_reciprocal_jaccard_distance(features, k1, k2)
+def dbscan_labels(distance: np.ndarray, eps: float, min_samples: int = 4) -> np.ndarray:
+    """Cluster labels 0..C-1 of DBSCAN (scikit-learn) on a precomputed ``distance``; -1 marks the
+    outliers, which no cluster takes."""
     labels = DBSCAN(eps=eps, min_samples=min_samples, metric='precomputed').fit_predict(distance)
     return labels.astype(np.int64)
+
+
+def dbscan_clusters(features: torch.Tensor, eps: float = 0.6, min_samples: int = 4, k1: int = K1,
+                    k2: int = K2) -> np.ndarray:
+    """:func:`dbscan_labels` on the :func:`k_reciprocal_jaccard_distance` of ``features``."""
+    return dbscan_labels(k_reciprocal_jaccard_distance(features, k1, k2), eps, min_samples)

@@ -2,7 +2,8 @@
 
 Stage 0 trains with every image its own cluster (|M| = n). Each later stage starts from embeddings of
 the whole training set, merges the closest clusters bottom-up (:func:`merge_clusters`), or with
-``clustering='dbscan'`` clusters them afresh (:func:`dbscan_clusters`, label -1 for its outliers), and
+``clustering='dbscan'`` clusters them afresh (:func:`dbscan_labels`, label -1 for its outliers; with
+``reliability_gap``, SpCL's criterion makes the unreliable clusters' images outliers too), and
 builds the memory bank M of ACL from the new clusters (the mean embedding of each, Sec. 4.3; with
 ``camera_proxies``, of each cluster's images from one camera, :mod:`~timm_gam.reid.camera_proxies`).
 The caller embeds; this module only decides, so it needs neither the model nor the trainer.
@@ -15,9 +16,10 @@ import torch
 from .camera_proxies import CameraProxies
 from .cameras import camera_centred
 from .checkpoint import RunState
+from .cluster_reliability import reliable_clusters
 from .clustering import merge_clusters
 from .config import TrainConfig, merges_for_stage
-from .density_clustering import dbscan_clusters
+from .density_clustering import dbscan_labels, k_reciprocal_jaccard_distance
 from .distributed import ProcessGroup, broadcast_tensor
 from .memory import ClusterMemory
 
@@ -47,8 +49,7 @@ def begin_stage(config: TrainConfig, state: RunState, embeddings: torch.Tensor, 
             labels = torch.unique(torch.as_tensor(identities), return_inverse=True)[1]
             what = {}
         elif config.clustering == 'dbscan':
-            labels = dbscan_clusters(features, config.dbscan_eps, config.dbscan_min_samples)
-            what = {'outliers': int((labels < 0).sum())}
+            labels, what = _density_clusters(config, state, features)
         else:
             num_merges = merges_for_stage(config, len(embeddings), int(state.cluster_labels.max()) + 1)
             labels = merge_clusters(features, state.cluster_labels.numpy(), num_merges, config.size_penalty,
@@ -60,6 +61,22 @@ def begin_stage(config: TrainConfig, state: RunState, embeddings: torch.Tensor, 
                   'seconds': time.perf_counter() - start}
     _build_cluster_memory(config, state, embeddings, cameras, group)
     return merged
+
+
+def _density_clusters(config: TrainConfig, state: RunState, features: torch.Tensor) -> tuple:
+    """DBSCAN's labels, and with ``reliability_gap`` only the clusters SpCL's criterion trusts (the
+    independence threshold fixed at the run's first clustering, kept in ``state``)."""
+    distance = k_reciprocal_jaccard_distance(features)
+    labels = dbscan_labels(distance, config.dbscan_eps, config.dbscan_min_samples)
+    what = {}
+    if config.reliability_gap:
+        tight, loose = (dbscan_labels(distance, config.dbscan_eps + sign * config.reliability_gap,
+                                      config.dbscan_min_samples) for sign in (-1, 1))
+        what['dbscan_clustered'] = int((labels >= 0).sum())
+        labels, state.independence_threshold = reliable_clusters(labels, tight, loose,
+                                                                 state.independence_threshold)
+        what['independence_threshold'] = state.independence_threshold
+    return labels, {'outliers': int((labels < 0).sum()), **what}
 
 
 def memories_missing(config: TrainConfig, state: RunState) -> bool:
