@@ -238,3 +238,21 @@ def test_a_new_release_keeps_the_folders_earlier_ones_as_rows(tiny_run, tmp_path
     assert [r['release'] for r in model_card.earlier_releases(text)] == [
         first[0]['release'], 'an older run', '6 epochs, 40 training minutes']
     assert '| 6 epochs, 40 training minutes | 21.2 | 40.3 | 48.7 | 13.1 |' in text
+
+
+def test_a_warm_started_run_names_the_weights_it_started_from(tiny_run):
+    """A run from ``--pretrained`` weights is not from scratch: the card and the release line say where it
+    started (the model's default pretrained weights in timm's registry), so an earlier release's epochs
+    are not read as this one's."""
+    _, _, checkpoint, _ = tiny_run
+    loaded = load_embedder(checkpoint=checkpoint)
+    scratch = model_card.model_card(loaded, FP32_REPO_ID, metrics=None, measured_by_publish=False)
+    assert 'from scratch (no ImageNet weights)' in scratch and 'warm-started' not in scratch
+    assert 'warm-started' not in model_card.release_summary(loaded.checkpoint)
+
+    loaded.checkpoint.config['pretrained'] = True
+    source = timm.models.get_pretrained_cfg(loaded.checkpoint.config['model']).hf_hub_id
+    warm = model_card.model_card(loaded, FP32_REPO_ID, metrics=None, measured_by_publish=False)
+    assert "warm-started from the weights `timm.create_model('test_convnext', pretrained=True)`" in warm
+    assert f'`{source}` as it stood then' in warm and 'from scratch' not in warm
+    assert model_card.release_summary(loaded.checkpoint).endswith(f', warm-started from `{source}`')

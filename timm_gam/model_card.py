@@ -12,6 +12,7 @@ import shlex
 from dataclasses import asdict, fields
 from pathlib import Path
 
+import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -190,6 +191,25 @@ def _objective(config: dict) -> str:
                                    teacher]))
 
 
+def _warm_start_source(config: dict) -> str | None:
+    """Where ``--pretrained`` took the starting weights from (the model's default pretrained weights, for
+    the GAM models this project's own Hub release), or None for a run from scratch."""
+    if not config['pretrained']:
+        return None
+    cfg = timm.models.get_pretrained_cfg(config['model'])
+    return (cfg and (cfg.hf_hub_id or cfg.url)) or "timm's default weights"
+
+
+def _initial_weights(config: dict) -> str:
+    """Where training started: from scratch, or warm from the weights ``pretrained=True`` loaded."""
+    source = _warm_start_source(config)
+    if source is None:
+        return 'from scratch (no ImageNet weights)'
+    return (f"warm-started from the weights `timm.create_model('{config['model']}', pretrained=True)` loaded "
+            f'when training began (`{source}` as it stood then), so the epochs and minutes below are this '
+            "run's alone")
+
+
 def _epochs(state) -> str:
     """Epochs trained, with the steps of the epoch a time budget stopped in."""
     if not state.step_in_epoch:
@@ -303,7 +323,7 @@ Reproduce with `python recipes/unsup_reid.py --eval-only --pretrained --model {m
 
 ## Training
 
-Trained on {trained_on}, from {'pretrained' if config['pretrained'] else 'scratch (no ImageNet weights)'},
+Trained on {trained_on}, {_initial_weights(config)},
 with {_objective(config)}. {progress.capitalize()}: {_epochs(state)} in all, ending
 with {clusters:,} clusters of {num_train_images:,} training images{outlier_note}.{purity_line} Training took
 {_format_hours(state.elapsed_s)} of wall time (evaluations included; {state.train_seconds / 60:.0f} minutes
@@ -342,7 +362,10 @@ def release_summary(checkpoint: TrainingCheckpoint) -> str:
         final_height, final_width = checkpoint.image_size
         epochs = config['final_size_epochs']
         size += f' then {final_height}x{final_width} for the last {epochs} epoch{"s" if epochs > 1 else ""}'
-    return f'{_epochs(state)}, {state.train_seconds / 60:.0f} training minutes, {size}, `{config["loss"]}`'
+    source = _warm_start_source(config)
+    warm = f', warm-started from `{source}`' if source else ''
+    return (f'{_epochs(state)}, {state.train_seconds / 60:.0f} training minutes, {size}, `{config["loss"]}`'
+            f'{warm}')
 
 
 def earlier_releases(card: str) -> list[dict]:
