@@ -256,3 +256,16 @@ def test_a_warm_started_run_names_the_weights_it_started_from(tiny_run):
     assert "warm-started from the weights `timm.create_model('test_convnext', pretrained=True)`" in warm
     assert f'`{source}` as it stood then' in warm and 'from scratch' not in warm
     assert model_card.release_summary(loaded.checkpoint).endswith(f', warm-started from `{source}`')
+
+
+def test_the_card_gives_the_curve_of_the_evaluations_after_each_stage(tiny_run):
+    """Without timed evaluations the card still shows whether the run was rising: one row per stage's."""
+    _, _, checkpoint, _ = tiny_run
+    loaded = load_embedder(checkpoint=checkpoint)
+    card = model_card.model_card(loaded, FP32_REPO_ID, metrics=None, measured_by_publish=False)
+    stages = [r for r in loaded.checkpoint.state.history['stages'] if 'mAP' in r]
+    assert len(stages) >= 2 and not loaded.checkpoint.state.history.get('timed')
+    curve = card.split('| minutes | epoch | stage | clusters | rank-1 | mAP |')[1].split('\n\n')[0]
+    rows = [row.split('|')[1:-1] for row in curve.strip().splitlines()[1:]]
+    assert [(int(stage), float(m)) for _, _, stage, _, _, m in rows] == [
+        (r['stage'], round(r['mAP'], 1)) for r in stages]

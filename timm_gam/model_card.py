@@ -218,14 +218,15 @@ def _epochs(state) -> str:
 
 
 def _curve_section(state) -> str:
-    """The run's evaluations against training minutes, when it made timed ones (``--eval-every-min``)."""
-    timed = state.history.get('timed', [])
-    if not timed:
+    """The run's evaluations against training minutes: those after its stages and the timed ones
+    (``--eval-every-min``), when there are two or more, so a reader sees whether it was still rising."""
+    records = sorted(state.history['stages'] + state.history.get('timed', []),
+                     key=lambda r: r.get('train_minutes', 0))
+    records = [r for r in records if 'mAP' in r and 'train_minutes' in r and 'epoch' in r]
+    if len(records) < 2:
         return ''
-    records = sorted(state.history['stages'] + timed, key=lambda r: r.get('train_minutes', 0))
     rows = '\n'.join(f'| {r["train_minutes"]:.1f} | {r["epoch"]:.1f} | {r["stage"]} | {r["num_clusters"]:,} '
-                     f'| {r["rank1"]:.1f} | {r["mAP"]:.1f} |'
-                     for r in records if 'mAP' in r and 'train_minutes' in r and 'epoch' in r)
+                     f'| {r["rank1"]:.1f} | {r["mAP"]:.1f} |' for r in records)
     return ('\nThe training run\'s own evaluations on the same query/gallery split, by training minutes '
             '(evaluations not counted):\n\n| minutes | epoch | stage | clusters | rank-1 | mAP |\n'
             f'|---|---|---|---|---|---|\n{rows}\n')
