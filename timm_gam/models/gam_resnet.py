@@ -186,8 +186,8 @@ def _unsup_market1501_cfg(variant: str, **kwargs):
 
 
 # The released weights come from the recipe's CPU configurations (64x32 input, 1024-d embedding): g4 from
-# the `cpu` preset, g2/g8/g16 from their Table 6 runs (experiments/paper_tables.py); each model card under
-# hub/ says how it was trained and what it measured.
+# the `cpu-dbscan` recipe, g2/g8/g16 from their Table 6 runs (experiments/paper_tables.py); each model card
+# under hub/ says how it was trained and what it measured.
 CPU_RELEASE = dict(num_classes=1024, input_size=(3, 64, 32), pool_size=(2, 1))
 
 default_cfgs = generate_default_cfgs({
