@@ -45,25 +45,26 @@ PRESETS = {
     # epochs, then four stages each merging 22% of the images (docs/results.md has the measured runs)
     'cpu-hour': dict(image_size=(64, 32), embed_dim=1024, batch_size=32, warmup_epochs=2,
                      epochs_per_stage=1, stages=4, merge_percent=0.22, lr_decay_epochs=5, workers=1),
-    # the recommended recipe for a CPU (docs/results.md, time to accuracy): cpu-hour's input and warm-up,
-    # made faster (channels_last, the training set decoded once and augmented in the training process:
-    # no worker competes for the cores) and with purer, cross-camera clusters (refreshed sizes, a size
-    # cap, merging on camera-centred embeddings: options beyond the paper, docs/recipe.md)
+    # the recommended recipe for a CPU within an hour (docs/results.md, time to accuracy): cpu-hour's
+    # input and warm-up, made faster (channels_last, the training set decoded once and augmented in the
+    # training process: no worker competes for the cores) and with purer, cross-camera clusters (refreshed
+    # sizes, a size cap, merging on camera-centred embeddings: options beyond the paper, docs/recipe.md)
     'cpu': dict(image_size=(64, 32), embed_dim=1024, batch_size=32, warmup_epochs=2, epochs_per_stage=1,
                 stages=12, merge_percent=0.08, size_update='refresh', max_cluster_size=40,
                 camera_centred_merge=True, lr_decay_epochs=10, channels_last=True, data_path='decoded',
                 workers=0, compile=True),
     # the cpu recipe for the paper's length (20 warm-up epochs, then 20 stages of 2 epochs merging 4%, the
     # rate dropping after 25 and 50 epochs), its warm-up trained with IDL alone (acl_from_stage=1): the
-    # recipe of the released weights' long run (docs/results.md)
+    # recipe of an earlier g4 release, the long run of docs/results.md
     'cpu-full': dict(image_size=(64, 32), embed_dim=1024, batch_size=32, warmup_epochs=20, epochs_per_stage=2,
                      stages=20, merge_percent=0.04, size_update='refresh', max_cluster_size=40,
                      camera_centred_merge=True, lr_decay_epochs=25, channels_last=True, data_path='decoded',
                      workers=0, compile=True, acl_from_stage=1),
-    # cpu-full's input, speed settings and IDL-only warm-up, lengthened to 32 epochs, then 28 stages of one
-    # epoch, each clustering the training set afresh with DBSCAN on k-reciprocal Jaccard distances (eps
-    # 0.3: docs/recipe.md), its outliers left out of ACL: the recipe of the DBSCAN run (docs/results.md)
-    'cpu-dbscan': dict(image_size=(64, 32), embed_dim=1024, batch_size=32, warmup_epochs=32,
+    # cpu-full's speed settings and IDL-only warm-up, lengthened to 32 epochs, then 28 stages of one epoch,
+    # each clustering the training set afresh with DBSCAN on k-reciprocal Jaccard distances (eps 0.3:
+    # docs/recipe.md), its outliers left out of ACL; at the images' size on disk: the recipe of the
+    # released g4 (docs/results.md, the 128x64 run)
+    'cpu-dbscan': dict(image_size=(128, 64), embed_dim=1024, batch_size=32, warmup_epochs=32,
                        epochs_per_stage=1, stages=28, clustering='dbscan', dbscan_eps=0.3,
                        camera_centred_merge=True, lr_decay_epochs=25, channels_last=True, data_path='decoded',
                        workers=0, compile=True, acl_from_stage=1),

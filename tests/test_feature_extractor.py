@@ -302,7 +302,7 @@ def test_the_published_weights_offline(gallery_paths, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report['shape'] == [3, 1024] and report['same']
-    assert '1024-d, input 64x32' in report['repr']
+    assert '1024-d, input 128x64' in report['repr']
     # a square, a wide and a tall crop: FeatureExtractor and the card's timm snippet see the same input
     # (two pictures of one person are 0.5-0.9 apart; a centre cut against a squash was 1.0)
     assert max(report['crops_to_snippet']) < 1e-4

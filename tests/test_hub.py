@@ -118,7 +118,7 @@ def test_hub_folder_contents(random_gam):
     config = json.loads((fp32 / 'config.json').read_text())
     assert config['architecture'] == 'gam_resnet50_g4'
     assert config['num_classes'] == 1024 and config['num_features'] == 2048  # the released g4 cfg
-    assert config['pretrained_cfg']['input_size'] == [3, 64, 32]  # the released g4 cfg
+    assert config['pretrained_cfg']['input_size'] == [3, 128, 64]  # the released g4 cfg
     half = safetensors.torch.load_file(fp16 / 'model.safetensors')
     assert half['conv1.weight'].dtype == torch.float16
     assert half['bn1.num_batches_tracked'].dtype == torch.int64

@@ -180,9 +180,12 @@ def test_a_resume_prints_what_it_changes_against_the_saved_run(tmp_path, capsys)
 
 def test_registry_mismatch_names_what_pretrained_true_would_get_wrong():
     loaded = LoadedEmbedder(ReidEmbedder(timm.create_model('test_convnext', num_classes=64)),
-                            (64, 32), 'tiny')
+                            (128, 64), 'tiny')  # the registered g4 size, another embedding size
     message = release.registry_mismatch(loaded, 'timm-gam/gam_resnet50_g4.unsup_market1501dev')
     assert 'num_classes=64 (registered: 1024)' in message and 'input_size' not in message
+    loaded.image_size = (64, 32)
+    message = release.registry_mismatch(loaded, 'timm-gam/gam_resnet50_g4.unsup_market1501dev')
+    assert 'input_size=(3, 64, 32) (registered: (3, 128, 64))' in message
     assert release.registry_mismatch(loaded, FP32_REPO_ID) is None  # not a registered tag
 
 

@@ -185,14 +185,19 @@ def _unsup_market1501_cfg(variant: str, **kwargs):
     )
 
 
-# The released weights come from the recipe's CPU configurations (64x32 input, 1024-d embedding): g4 from
-# the `cpu-dbscan` recipe, g2/g8/g16 from their Table 6 runs (experiments/paper_tables.py); each model card
-# under hub/ says how it was trained and what it measured.
-CPU_RELEASE = dict(num_classes=1024, input_size=(3, 64, 32), pool_size=(2, 1))
+# The released weights come from the recipe's CPU configurations (1024-d embedding): g4 from the
+# `cpu-dbscan` recipe at the images' size on disk, g2/g8/g16 from their Table 6 runs at 64x32
+# (experiments/paper_tables.py); each model card under hub/ says how it was trained and what it measured.
+CPU_RELEASE_SIZE = {
+    2: dict(input_size=(3, 64, 32), pool_size=(2, 1)),
+    4: dict(input_size=(3, 128, 64), pool_size=(4, 2)),
+    8: dict(input_size=(3, 64, 32), pool_size=(2, 1)),
+    16: dict(input_size=(3, 64, 32), pool_size=(2, 1)),
+}
 
 default_cfgs = generate_default_cfgs({
     **{f'gam_resnet50_g{groups}.unsup_market1501dev': _unsup_market1501_cfg(
-        f'gam_resnet50_g{groups}', **CPU_RELEASE) for groups in (2, 4, 8, 16)},
+        f'gam_resnet50_g{groups}', num_classes=1024, **size) for groups, size in CPU_RELEASE_SIZE.items()},
     # no weights: a tiny network for tests and for the recipe's synthetic default on a CPU
     'test_gam_resnet': reid_cfg(num_classes=256, input_size=(3, 64, 32), pool_size=(2, 1)),
 })
