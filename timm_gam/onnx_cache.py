@@ -9,11 +9,14 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .onnx_export import export_onnx
-from .reid.embedding import LoadedEmbedder
+
+if TYPE_CHECKING:  # timm_gam.reid imports this module for FeatureExtractor: circular at run time
+    from .reid.embedding import LoadedEmbedder
 
 __all__ = ['OnnxRuntimeModel', 'cache_root', 'cached_export']
 
@@ -25,7 +28,7 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir or os.environ.get('TIMM_GAM_CACHE', Path.home() / '.cache' / 'timm-gam'))
 
 
-def _weights_digest(loaded: LoadedEmbedder) -> str:
+def _weights_digest(loaded: 'LoadedEmbedder') -> str:
     digest = hashlib.sha256(f'{loaded.image_size} {torch.__version__}'.encode())
     for name, tensor in loaded.embedder.state_dict().items():
         digest.update(name.encode())
@@ -33,7 +36,7 @@ def _weights_digest(loaded: LoadedEmbedder) -> str:
     return digest.hexdigest()[:16]
 
 
-def _export_atomically(loaded: LoadedEmbedder, path: Path) -> None:
+def _export_atomically(loaded: 'LoadedEmbedder', path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:  # renamed whole, never half-written
         os.replace(export_onnx(loaded, Path(scratch) / path.name), path)
@@ -47,7 +50,7 @@ def _session(path: Path):
     return onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
 
 
-def cached_export(loaded: LoadedEmbedder, cache_dir: str | os.PathLike | None = None):
+def cached_export(loaded: 'LoadedEmbedder', cache_dir: str | os.PathLike | None = None):
     """``(path, onnxruntime session)`` of ``loaded`` exported to ONNX, exporting only when no good entry is
     cached."""
     architecture = loaded.backbone.pretrained_cfg.get('architecture', 'model')
@@ -69,7 +72,7 @@ def cached_export(loaded: LoadedEmbedder, cache_dir: str | os.PathLike | None = 
 class OnnxRuntimeModel:
     """The embedding model exported to ONNX and run by onnxruntime's CPU provider, from the cache."""
 
-    def __init__(self, loaded: LoadedEmbedder, cache_dir: str | os.PathLike | None = None):
+    def __init__(self, loaded: 'LoadedEmbedder', cache_dir: str | os.PathLike | None = None):
         self.path, self.session = cached_export(loaded, cache_dir)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,18 @@
 """ONNX export of a trained re-ID embedding model, checked against PyTorch with onnxruntime."""
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .reid.embedding import LoadedEmbedder
+if TYPE_CHECKING:  # timm_gam.reid imports this module for FeatureExtractor: circular at run time
+    from .reid.embedding import LoadedEmbedder
 
 __all__ = ['export_onnx', 'onnx_max_abs_diff']
 
 
-def export_onnx(loaded: LoadedEmbedder, path: str | os.PathLike, opset: int = 18,
+def export_onnx(loaded: 'LoadedEmbedder', path: str | os.PathLike, opset: int = 18,
                 dynamo: bool = False) -> Path:
     """Export the L2-normalised embedding model to ONNX: input ``images`` (batch, 3, H, W) with a dynamic
     batch size, output ``embeddings`` (batch, embed_dim).
@@ -33,7 +35,7 @@ def export_onnx(loaded: LoadedEmbedder, path: str | os.PathLike, opset: int = 18
     return path
 
 
-def onnx_max_abs_diff(loaded: LoadedEmbedder, path: str | os.PathLike, images: torch.Tensor) -> float:
+def onnx_max_abs_diff(loaded: 'LoadedEmbedder', path: str | os.PathLike, images: torch.Tensor) -> float:
     """Largest absolute difference between onnxruntime's and PyTorch's embeddings of ``images``."""
     import onnxruntime
 
