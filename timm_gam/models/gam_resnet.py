@@ -188,16 +188,13 @@ def _unsup_market1501_cfg(variant: str, **kwargs):
 # The released weights come from the recipe's CPU configurations (1024-d embedding): g4 from the
 # `cpu-dbscan` recipe at the images' size on disk, g2/g8/g16 from their Table 6 runs at 64x32
 # (experiments/paper_tables.py); each model card under hub/ says how it was trained and what it measured.
-CPU_RELEASE_SIZE = {
-    2: dict(input_size=(3, 64, 32), pool_size=(2, 1)),
-    4: dict(input_size=(3, 128, 64), pool_size=(4, 2)),
-    8: dict(input_size=(3, 64, 32), pool_size=(2, 1)),
-    16: dict(input_size=(3, 64, 32), pool_size=(2, 1)),
-}
+CPU_RELEASE_SIZE = {2: (64, 32), 4: (128, 64), 8: (64, 32), 16: (64, 32)}  # (height, width) by groups
 
 default_cfgs = generate_default_cfgs({
     **{f'gam_resnet50_g{groups}.unsup_market1501dev': _unsup_market1501_cfg(
-        f'gam_resnet50_g{groups}', num_classes=1024, **size) for groups, size in CPU_RELEASE_SIZE.items()},
+        f'gam_resnet50_g{groups}', num_classes=1024, input_size=(3, height, width),
+        pool_size=(height // 32, width // 32))  # the final feature map: ResNet-50 reduces by 32
+        for groups, (height, width) in CPU_RELEASE_SIZE.items()},
     # no weights: a tiny network for tests and for the recipe's synthetic default on a CPU
     'test_gam_resnet': reid_cfg(num_classes=256, input_size=(3, 64, 32), pool_size=(2, 1)),
 })
