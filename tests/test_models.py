@@ -2,6 +2,8 @@
 
 timm's own model test-suite (tests/test_timm_suite.py) covers the rest of the timm API contract.
 """
+import copy
+
 import pytest
 import timm
 import torch
@@ -86,7 +88,9 @@ def test_bottleneck_applies_gam_before_residual_add():
         torch.testing.assert_close(block(x), expected)
 
 
-def assert_same_output_and_input_grad(ours, theirs, x):
+def assert_same_output_and_input_grad(ours, theirs, x, their_names=None):
+    """Same output, and the same gradients for the input and for every parameter (``their_names`` maps
+    our parameter names to theirs where the two modules name them differently)."""
     x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_ours, out_theirs = ours(x_ours), theirs(x_theirs)
     torch.testing.assert_close(out_ours, out_theirs)
@@ -96,6 +100,9 @@ def assert_same_output_and_input_grad(ours, theirs, x):
     (out_ours * upstream).sum().backward()
     (out_theirs * upstream).sum().backward()
     torch.testing.assert_close(x_ours.grad, x_theirs.grad)
+    grads_theirs = {name: p.grad for name, p in theirs.named_parameters()}
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, grads_theirs[(their_names or {}).get(name, name)], msg=name)
 
 
 def test_single_group_attention_is_timm_cbam():
@@ -113,7 +120,31 @@ def test_single_group_attention_is_timm_cbam():
     ours, theirs = GroupedSpatialAttn().eval(), SpatialAttn().eval()
     theirs.conv.conv.load_state_dict(ours.conv.state_dict())
     theirs.conv.bn.load_state_dict(ours.bn.state_dict())
-    assert_same_output_and_input_grad(ours, theirs, x)
+    assert_same_output_and_input_grad(ours, theirs, x, their_names={
+        'conv.weight': 'conv.conv.weight', 'bn.weight': 'conv.bn.weight', 'bn.bias': 'conv.bn.bias'})
+
+
+class PlainChannelAttn(torch.nn.Module):
+    """Eq. 1-2 written out as CBAM's reference builds it: each pooled descriptor through the 1x1 convs."""
+
+    def __init__(self, attn: GroupedChannelAttn):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = attn.fc1, torch.nn.ReLU(), attn.fc2
+
+    def forward(self, x):
+        mlp = lambda d: self.fc2(self.act(self.fc1(d)))  # noqa: E731
+        return x * torch.sigmoid(mlp(x.mean((2, 3), keepdim=True)) + mlp(x.amax((2, 3), keepdim=True)))
+
+
+@pytest.mark.parametrize('grouped_mlp', [False, True])
+def test_channel_attention_matches_its_plain_form(grouped_mlp):
+    """The MLP run once on both descriptors, as matrix products where ungrouped, is the plain convs' result,
+    parameter gradients included (a channels_last input, as training feeds it)."""
+    torch.manual_seed(0)
+    ours = GroupedChannelAttn(64, groups=4, grouped_mlp=grouped_mlp)
+    plain = PlainChannelAttn(copy.deepcopy(ours))
+    x = torch.randn(3, 64, 4, 2).contiguous(memory_format=torch.channels_last)
+    assert_same_output_and_input_grad(ours, plain, x)
 
 
 def test_per_group_spatial_maps_stay_within_their_group():

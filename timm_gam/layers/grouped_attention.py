@@ -36,6 +36,19 @@ def _spatial_max(x: torch.Tensor) -> torch.Tensor:
     return x.amax((2, 3), keepdim=True)
 
 
+def _pointwise(conv: nn.Conv2d, rows: torch.Tensor) -> torch.Tensor:
+    """``conv``, a 1x1 convolution, applied to ``(N, C)`` rows: the pooled descriptors' MLP layer.
+
+    Ungrouped, as a matrix product with the convolution's own weight and bias: on a 1x1 map oneDNN's 1x1
+    convolution kernels, the weight gradient's above all, run several times slower than a matrix product
+    of the same numbers (docs/performance.md, "The fast training path"). The parameters stay the
+    ``nn.Conv2d``'s, so checkpoints and the Hub weights are unchanged.
+    """
+    if conv.groups == 1:
+        return F.linear(rows, conv.weight.flatten(1), conv.bias)
+    return conv(rows[:, :, None, None]).flatten(1)
+
+
 def _channel_max(x_grouped: torch.Tensor) -> torch.Tensor:
     """Max over the channels of each group of (B, groups, C / groups, H, W)."""
     if torch.is_grad_enabled():
@@ -46,8 +59,9 @@ def _channel_max(x_grouped: torch.Tensor) -> torch.Tensor:
 class GroupedChannelAttn(nn.Module):
     """Channel attention of GAM (Eq. 1-2): ``F_G * sigmoid(S(avgpool(F_G)) + S(maxpool(F_G)))``.
 
-    S is a two-layer MLP with a ``rd_ratio`` bottleneck, written as 1x1 convolutions on the pooled
-    ``(B, C, 1, 1)`` descriptors so that ``grouped_mlp`` is a matter of the ``groups`` argument.
+    S is a two-layer MLP with a ``rd_ratio`` bottleneck, held as 1x1 convolutions (timm's CBAM parameter
+    layout, and ``grouped_mlp`` is a matter of their ``groups`` argument) and computed on the pooled
+    ``(B, C)`` descriptors by :func:`_pointwise`.
     """
 
     def __init__(
@@ -74,9 +88,10 @@ class GroupedChannelAttn(nn.Module):
         self.fc2 = nn.Conv2d(rd_channels, channels, 1, groups=mlp_groups, bias=mlp_bias, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_avg = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))
-        x_max = self.fc2(self.act(self.fc1(_spatial_max(x))))
-        return x * torch.sigmoid(x_avg + x_max)
+        # both descriptors through the shared MLP as one batch: half the calls, each twice the rows
+        pooled = torch.cat([x.mean((2, 3)), _spatial_max(x).flatten(1)])
+        x_avg, x_max = _pointwise(self.fc2, self.act(_pointwise(self.fc1, pooled))).chunk(2)
+        return x * torch.sigmoid(x_avg + x_max)[:, :, None, None]
 
 
 class GroupedSpatialAttn(nn.Module):
