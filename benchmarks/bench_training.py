@@ -12,9 +12,10 @@ images is 64 views, both IDL views), a loss of the 1024-d embeddings' similariti
 Nesterov momentum and weight decay. Images/s counts images of two views each, as the recipe's log does.
 The paths:
 
-* ``eager-fp32``: timm as it comes (NCHW, fp32, eager). resnet50 on this path is the baseline of every
-  ratio.
-* ``fast-eager``: channels_last, and bf16 autocast where the CPU computes bf16 (reid/fast_path.py).
+* ``eager-fp32``: timm and torch as they come (NCHW, fp32, eager, torch's default SGD). resnet50 on this
+  path is the baseline of every ratio.
+* ``fast-eager``: channels_last, bf16 autocast where the CPU computes bf16, the trainer's fused SGD
+  (reid/fast_path.py).
 * ``fast``: ``fast-eager`` compiled (torch.compile), the path the ``cpu`` presets train on. Its first
   step, reported, is the compile time.
 
@@ -45,7 +46,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import timm_gam  # noqa: F401  registers the models
 from timm_gam.reid import create_embedder
-from timm_gam.reid.fast_path import compile_for_training, cpu_model_name, training_autocast_dtype
+from timm_gam.reid.fast_path import (
+    compile_for_training,
+    cpu_model_name,
+    nesterov_sgd,
+    training_autocast_dtype,
+)
 
 BASELINE = ('resnet50', 'eager-fp32')
 MODELS = ['resnet50', 'gam_resnet50_g2', 'gam_resnet50_g4', 'gam_resnet50_g8', 'gam_resnet50_g16',
@@ -89,7 +95,11 @@ def make_step(model_name: str, path: str, views: int, image_size, embed_dim: int
     torch.manual_seed(0)
     fmt = torch.contiguous_format if path == 'eager-fp32' else torch.channels_last
     model = create_embedder(model_name, embed_dim).to(memory_format=fmt).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    hyper = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
+    if path == 'eager-fp32':  # torch as it comes
+        optimizer = torch.optim.SGD(model.parameters(), nesterov=True, **hyper)
+    else:  # the trainer's
+        optimizer = nesterov_sgd(model.parameters(), torch.device('cpu'), **hyper)
     autocast = None if path == 'eager-fp32' else training_autocast_dtype(True, torch.device('cpu'))
     forward = compile_for_training(model, torch.device('cpu'))[0] if path == 'fast' else model
     images = torch.randn(views, 3, *image_size).contiguous(memory_format=fmt)

@@ -9,7 +9,7 @@ import torch
 from tiny_config import tiny_config
 
 import timm_gam  # noqa: F401  registers the models
-from timm_gam.reid.fast_path import compile_for_training, native_bf16, training_autocast_dtype
+from timm_gam.reid.fast_path import compile_for_training, native_bf16, nesterov_sgd, training_autocast_dtype
 from timm_gam.reid.trainer import train
 
 CPU = torch.device('cpu')
@@ -91,3 +91,26 @@ def test_run_log_names_the_training_path(tmp_path, monkeypatch, amp, logged):
     assert path[0]['compile'] == 'eager' and path[0]['device'] == 'cpu'
     assert path[0]['autocast'] == logged
     assert path[0]['cpu'] and path[0]['cpu_capability']
+    assert path[0]['optimizer'] == 'SGD fused'
+
+
+def test_fused_sgd_updates_as_the_textbook_loop():
+    """The trainer's fused SGD against Nesterov momentum with weight decay written out (paper 5.2):
+    g = grad + wd * w; b = mu * b + g (b = g at the first step); w -= lr * (g + mu * b)."""
+    torch.manual_seed(0)
+    weights = [torch.randn(37, 5), torch.randn(11)]
+    params = [torch.nn.Parameter(w.clone()) for w in weights]
+    optimizer = nesterov_sgd(params, CPU, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    assert all(group['fused'] for group in optimizer.param_groups)
+    buffers = [None, None]
+    for _ in range(4):
+        grads = [torch.randn_like(w) for w in weights]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        optimizer.step()
+        for i, (w, g) in enumerate(zip(weights, grads, strict=True)):
+            g = g + 5e-4 * w
+            buffers[i] = g.clone() if buffers[i] is None else 0.9 * buffers[i] + g
+            weights[i] = w - 0.05 * (g + 0.9 * buffers[i])
+        for p, w in zip(params, weights, strict=True):
+            torch.testing.assert_close(p.detach(), w)

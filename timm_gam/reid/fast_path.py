@@ -12,6 +12,8 @@ The choices, each measured on the project's CPUs (docs/performance.md, "The fast
   under the system's temporary folder) makes a resumed run's compile on the same machine shorter. On a
   CPU it needs a C++ compiler; without one the step runs eagerly and the run log says so.
 * channels_last memory format, the layout oneDNN's convolutions run natively (``TrainConfig.channels_last``).
+* **fused SGD** (:func:`nesterov_sgd`): one kernel updates each parameter, where torch's default SGD on a
+  CPU runs several ops per parameter in a Python loop (its multi-tensor form is for GPUs only).
 
 :func:`describe_training_path` is what the run log records, so a run's speed can be read with the machine
 and the path that produced it.
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 
 __all__ = ['compile_for_training', 'cpu_description', 'cpu_model_name', 'describe_training_path',
-           'native_bf16', 'training_autocast_dtype']
+           'native_bf16', 'nesterov_sgd', 'training_autocast_dtype']
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -53,6 +55,17 @@ def compile_for_training(model: torch.nn.Module, device: torch.device) -> tuple[
     return torch.compile(model, dynamic=False), f'compiled (inductor cache {cache_dir()})'
 
 
+def nesterov_sgd(params, device: torch.device, lr: float, momentum: float,
+                 weight_decay: float) -> torch.optim.SGD:
+    """SGD with Nesterov momentum and weight decay (paper 5.2), fused where ``device`` has the kernel.
+
+    The fused update does the default SGD's arithmetic in one pass per parameter. A resumed run keeps the
+    form it was saved with: ``load_state_dict`` restores the saved parameter group's ``fused`` setting.
+    """
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True,
+                           fused=device.type in ('cpu', 'cuda'))
+
+
 def cpu_model_name() -> str:
     """The processor's marketing name (``lscpu``'s "Model name"), or what the platform module knows."""
     try:
@@ -70,10 +83,13 @@ def cpu_description() -> str:
 
 
 def describe_training_path(device: torch.device, autocast: torch.dtype | None, compiled: str,
-                           channels_last: bool) -> dict:
+                           channels_last: bool, optimizer: torch.optim.Optimizer) -> dict:
     """The facts a speed figure needs beside it: the device, its instruction set, the path the step takes."""
+    fused = all(group.get('fused') for group in optimizer.param_groups)
     facts = {'device': str(device), 'autocast': str(autocast).replace('torch.', '') if autocast else 'none',
-             'compile': compiled, 'channels_last': channels_last, 'torch': torch.__version__}
+             'compile': compiled, 'channels_last': channels_last,
+             'optimizer': f'{type(optimizer).__name__}{" fused" if fused else ""}',
+             'torch': torch.__version__}
     if device.type == 'cuda':
         facts['gpu'] = torch.cuda.get_device_name(device)
     else:

@@ -68,7 +68,7 @@ from .embedding import (
     resolve_device,
 )
 from .evaluation import evaluate_split, format_metrics, has_labels
-from .fast_path import compile_for_training, describe_training_path, training_autocast_dtype
+from .fast_path import compile_for_training, describe_training_path, nesterov_sgd, training_autocast_dtype
 from .losses import acl_loss, idl_loss, instance_memory_loss
 from .run_log import RunLog
 from .stages import begin_stage, build_missing_memories, memories_missing, stage_needs_embeddings
@@ -127,8 +127,8 @@ class Trainer:
         # the mean teacher starts as the weights are now; a resume loads its saved state over it
         self.mean_teacher = (ModelEmaV3(self.model, decay=config.mean_teacher_decay)
                              if config.mean_teacher_decay else None)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.base_lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay, nesterov=True)
+        self.optimizer = nesterov_sgd(self.model.parameters(), self.device, lr=config.base_lr,
+                                      momentum=config.momentum, weight_decay=config.weight_decay)
         self.train_model = self.model
         if self.group.is_distributed:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
@@ -138,7 +138,7 @@ class Trainer:
             self.train_model, compiled = compile_for_training(self.train_model, self.device)
         self.autocast = training_autocast_dtype(config.amp, self.device)
         self.training_path = describe_training_path(self.device, self.autocast, compiled,
-                                                    config.channels_last)
+                                                    config.channels_last, self.optimizer)
         self.log = RunLog(self.output) if self.group.is_main else None
         self.started = time.time()
         self.clock = TrainingClock()
@@ -225,6 +225,8 @@ class Trainer:
             load_checkpoint_weights(self.mean_teacher.module, saved, path, name,
                                     weights=saved.mean_teacher or saved.model)
         self.optimizer.load_state_dict(saved.optimizer)
+        for group in self.optimizer.param_groups:  # the saved group carries the saving code's SGD form
+            group['fused'] = self.optimizer.defaults['fused']
         state = saved.state
         if saved.train_images != self._train_images_fingerprint():
             # cluster labels and memory slots are keyed by position: another list would scramble them
