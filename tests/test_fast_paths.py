@@ -14,7 +14,7 @@ import timm
 import torch
 
 import timm_gam  # noqa: F401  registers the models
-from timm_gam.layers import GroupedAttention
+from timm_gam.layers import GroupedAttention, StridedPointwiseConv2d, subsample_strided_pointwise
 
 BENCHMARK = Path(__file__).resolve().parents[1] / 'benchmarks' / 'bench_training.py'
 
@@ -72,6 +72,55 @@ def test_attention_keeps_channels_last_layout(grouped_spatial):
     out.sum().backward()
     assert out.is_contiguous(memory_format=CHANNELS_LAST)
     assert x.grad.is_contiguous(memory_format=CHANNELS_LAST)
+
+
+@pytest.mark.parametrize('shape, stride, groups, bias, layout', [
+    ((2, 8, 8, 4), 2, 1, False, CHANNELS_LAST), ((3, 8, 5, 3), 2, 2, True, torch.contiguous_format),
+    ((2, 6, 7, 9), (3, 2), 3, True, CHANNELS_LAST)])
+def test_strided_pointwise_conv_is_the_strided_conv(shape, stride, groups, bias, layout):
+    """Subsampling then a stride-1 1x1 convolution: nn.Conv2d's output and gradients, odd sizes included."""
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(shape[1], 4 * groups, 1, stride=stride, groups=groups, bias=bias).double()
+    subsampled = subsample_strided_pointwise(torch.nn.Sequential(plain))[0]
+    assert isinstance(subsampled, StridedPointwiseConv2d) and subsampled.weight is plain.weight
+    images = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=layout)
+    upstream = torch.randn_like(plain(images))
+    results = []
+    for conv in (plain, subsampled):
+        conv.zero_grad(set_to_none=True)
+        x = images.clone().requires_grad_()
+        out = conv(x)
+        (out * upstream).sum().backward()
+        results.append({'output': out.detach(), 'image_grad': x.grad,
+                        **{name: p.grad.clone() for name, p in conv.named_parameters()}})
+    for name, expected in results[0].items():
+        torch.testing.assert_close(results[1][name], expected, msg=name)
+    assert subsampled.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_only_strided_pointwise_convs_are_replaced_and_no_random_numbers_drawn():
+    others = [torch.nn.Conv2d(4, 4, 1), torch.nn.Conv2d(4, 4, 3, stride=2),
+              torch.nn.Conv2d(4, 4, 1, stride=2, padding=1)]
+    kept = torch.nn.Sequential(*others)
+    assert list(subsample_strided_pointwise(kept)) == others
+    # a model built with the replacement starts from the weights a seed gave it before
+    torch.manual_seed(0)
+    subsample_strided_pointwise(torch.nn.Conv2d(4, 8, 1, stride=2))
+    drawn_after = torch.rand(3)
+    torch.manual_seed(0)
+    torch.nn.Conv2d(4, 8, 1, stride=2)
+    assert torch.equal(drawn_after, torch.rand(3))
+    with pytest.raises(ValueError, match='1x1 kernel, stride > 1'):
+        StridedPointwiseConv2d(4, 4, 3, stride=2)
+
+
+def test_gam_resnet_shortcuts_subsample_keeping_timms_names():
+    model = timm.create_model('gam_resnet50_g4')
+    shortcuts = [block.downsample[0] for stage in (model.layer2, model.layer3, model.layer4)
+                 for block in stage if block.downsample is not None]
+    assert len(shortcuts) == 3 and all(isinstance(c, StridedPointwiseConv2d) for c in shortcuts)
+    assert type(model.layer1[0].downsample[0]) is torch.nn.Conv2d  # stride 1: nothing to subsample
+    assert 'layer2.0.downsample.0.weight' in model.state_dict()
 
 
 def test_benchmark_prints_ratio_flops_and_kernel_tables():

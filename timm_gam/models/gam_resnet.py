@@ -27,7 +27,7 @@ from timm.models.resnet import ResNet
 from torch import nn as nn
 
 from ..hub import MissingWeightsError, missing_weights_message
-from ..layers import GroupedAttention
+from ..layers import GroupedAttention, subsample_strided_pointwise
 
 __all__ = ['GamBottleneck', 'create_gam_resnet', 'reid_cfg']
 
@@ -110,7 +110,7 @@ class GamBottleneck(nn.Module):
         )
 
         self.act3 = act_layer(inplace=True)
-        self.downsample = downsample
+        self.downsample = subsample_strided_pointwise(downsample)  # same parameters, faster on CPUs
         self.drop_path = drop_path
 
     def zero_init_last(self) -> None:
