@@ -220,3 +220,15 @@ def test_tiny_gam_resnet_for_cpu_runs():
     assert count_params(timm.create_model('test_gam_resnet', num_classes=0)) == 288_188
     assert model(torch.randn(2, 3, 64, 32)).shape == (2, model.pretrained_cfg['num_classes'])
     assert 'test_gam_resnet' not in timm.list_models('gam_*')  # not one of the paper's four
+
+
+@pytest.mark.parametrize('model_name', ['test_gam_resnet', 'gam_resnet50_g4'])
+def test_models_script_with_torchscript(model_name):
+    """timm's models script with torch.jit (its test-suite checks them; deployments use it): ours too,
+    the strided shortcuts and the attention's matrix products included, computing what eager computes."""
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, num_classes=8).eval()
+    scripted = torch.jit.script(model)
+    images = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(images), model(images))

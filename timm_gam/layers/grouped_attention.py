@@ -36,17 +36,19 @@ def _spatial_max(x: torch.Tensor) -> torch.Tensor:
     return x.amax((2, 3), keepdim=True)
 
 
-def _pointwise(conv: nn.Conv2d, rows: torch.Tensor) -> torch.Tensor:
-    """``conv``, a 1x1 convolution, applied to ``(N, C)`` rows: the pooled descriptors' MLP layer.
+def _pointwise(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               groups: int) -> torch.Tensor:
+    """A 1x1 convolution's ``weight``, ``bias`` and ``groups`` applied to ``(N, C)`` rows: one layer of the
+    pooled descriptors' MLP.
 
-    Ungrouped, as a matrix product with the convolution's own weight and bias: on a 1x1 map oneDNN's 1x1
-    convolution kernels, the weight gradient's above all, run several times slower than a matrix product
-    of the same numbers (docs/performance.md, "The fast training path"). The parameters stay the
-    ``nn.Conv2d``'s, so checkpoints and the Hub weights are unchanged.
+    Ungrouped, as a matrix product: on a 1x1 map oneDNN's 1x1 convolution kernels, the weight gradient's
+    above all, run several times slower than a matrix product of the same numbers (docs/performance.md,
+    "The fast training path"). The parameters stay the ``nn.Conv2d``'s, so checkpoints and the Hub
+    weights are unchanged.
     """
-    if conv.groups == 1:
-        return F.linear(rows, conv.weight.flatten(1), conv.bias)
-    return conv(rows[:, :, None, None]).flatten(1)
+    if groups == 1:
+        return F.linear(rows, weight.flatten(1), bias)
+    return F.conv2d(rows[:, :, None, None], weight, bias, groups=groups).flatten(1)
 
 
 def _channel_max(x_grouped: torch.Tensor) -> torch.Tensor:
@@ -90,7 +92,8 @@ class GroupedChannelAttn(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # both descriptors through the shared MLP as one batch: half the calls, each twice the rows
         pooled = torch.cat([x.mean((2, 3)), _spatial_max(x).flatten(1)])
-        x_avg, x_max = _pointwise(self.fc2, self.act(_pointwise(self.fc1, pooled))).chunk(2)
+        hidden = self.act(_pointwise(pooled, self.fc1.weight, self.fc1.bias, self.fc1.groups))
+        x_avg, x_max = _pointwise(hidden, self.fc2.weight, self.fc2.bias, self.fc2.groups).chunk(2)
         return x * torch.sigmoid(x_avg + x_max)[:, :, None, None]
 
 
