@@ -59,8 +59,9 @@ def nesterov_sgd(params, device: torch.device, lr: float, momentum: float,
                  weight_decay: float) -> torch.optim.SGD:
     """SGD with Nesterov momentum and weight decay (paper 5.2), fused where ``device`` has the kernel.
 
-    The fused update does the default SGD's arithmetic in one pass per parameter. A resumed run keeps the
-    form it was saved with: ``load_state_dict`` restores the saved parameter group's ``fused`` setting.
+    The fused update does the default SGD's arithmetic in one pass per parameter. ``load_state_dict``
+    restores the saved parameter group's ``fused`` setting; the trainer sets it back after a resume, so a
+    run takes the form of the code that runs it.
     """
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True,
                            fused=device.type in ('cpu', 'cuda'))
