@@ -252,6 +252,7 @@ def test_hub_weights_load_from_safetensors_never_from_a_pickle(monkeypatch, tmp_
     ('merge_percent', 1.5), ('size_penalty', -0.01), ('max_cluster_size', 0), ('target_clusters', 0),
     ('workers', -1), ('device', 'gpu0'), ('eval_batch_size', 0), ('log_every', 0),
     ('synthetic', {'num_people': 3}), ('final_image_size', (64,)), ('final_size_epochs', -1),
+    ('lr_milestones', (44, 25)), ('lr_milestones', (0,)), ('keep_checkpoints', (32, 32)),
 ])
 def test_every_bad_field_is_refused_when_the_config_is_made(field, value):
     """Not at the first merge after an hour of warm-up: when the config is made, naming the field."""

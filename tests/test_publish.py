@@ -137,6 +137,10 @@ def test_recipe_command_sets_every_flag_of_the_recipe(tiny_run):
     rebuilt = recipe.build_config(recipe.parse_args(command[2:]))
     for name in flags & {f.name for f in fields(TrainConfig)}:
         assert getattr(rebuilt, name) == getattr(config, name), name
+    # the epoch lists, empty by default (no flag), given as lists of numbers when set
+    with_lists = {**saved, 'lr_milestones': [25, 44], 'keep_checkpoints': [32]}
+    rebuilt = recipe.build_config(recipe.parse_args(shlex.split(model_card.recipe_command(with_lists))[2:]))
+    assert rebuilt.lr_milestones == (25, 44) and rebuilt.keep_checkpoints == (32,)
 
 
 def test_a_run_resumed_with_changed_settings_is_given_as_its_commands_in_order(tmp_path):

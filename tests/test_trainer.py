@@ -180,3 +180,45 @@ def test_resume_with_a_mean_teacher_matches_uninterrupted(tmp_path):
     for weights in ('model', 'mean_teacher'):
         for key, value in a[weights].items():
             assert torch.equal(value, b[weights][key]), (weights, key)
+
+
+def test_lr_milestones_drop_the_rate_after_the_named_epochs():
+    from timm_gam.reid.config import TrainConfig, learning_rate
+    periodic, milestones = TrainConfig(lr_decay_epochs=25), TrainConfig(lr_milestones=(25, 50))
+    epochs = range(60)
+    assert [learning_rate(milestones, e) for e in epochs] == [learning_rate(periodic, e) for e in epochs]
+    early = TrainConfig(lr_milestones=(25, 44))
+    expected = [0.1] * 25 + [0.1 * 0.1] * 19 + [0.1 * 0.1 * 0.1] * 16
+    assert [learning_rate(early, e) for e in range(60)] == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_recipe_takes_epoch_lists_on_its_command_line(tmp_path):
+    from recipe_scripts import load_recipe
+    recipe = load_recipe('unsup_reid')
+    args = ['--preset', 'cpu-dbscan', '--output', str(tmp_path), '--lr-milestones', '25', '44',
+            '--keep-checkpoints', '32']
+    config = recipe.build_config(recipe.parse_args(args))
+    assert config.lr_milestones == (25, 44) and config.keep_checkpoints == (32,)
+
+
+def test_a_kept_checkpoint_resumes_elsewhere_as_the_run_from_its_epoch(tmp_path):
+    """``keep_checkpoints``: the copy of epoch 2 (the end of the warm-up), resumed in another folder, ends
+    exactly where the run it was kept from ended; ``lr_milestones`` set the logged rates."""
+    import shutil
+    config = tiny_config(tmp_path / 'run', model='test_efficientnet_gn', keep_checkpoints=(2,),
+                         lr_milestones=(3,))
+    train(config)
+    kept = tmp_path / 'run' / 'checkpoint-epoch002.pt'
+    assert load_checkpoint(kept)['state']['epoch'] == 2
+    events = [json.loads(line) for line in open(tmp_path / 'run' / 'log.jsonl')]
+    assert [e['lr'] for e in events if e['event'] == 'epoch'] == pytest.approx([0.1, 0.1, 0.1, 0.01])
+    assert [e['epoch'] for e in events if e['event'] == 'kept_checkpoint'] == [2]
+
+    (tmp_path / 'branch').mkdir()
+    shutil.copyfile(kept, tmp_path / 'branch' / 'checkpoint.pt')
+    train(tiny_config(tmp_path / 'branch', model='test_efficientnet_gn', keep_checkpoints=(2,),
+                      lr_milestones=(3,)), resume=True)
+    a, b = (load_checkpoint(tmp_path / folder / 'checkpoint.pt') for folder in ('run', 'branch'))
+    assert a['state']['epoch'] == b['state']['epoch'] == 4
+    for key, value in a['model'].items():
+        assert torch.equal(value, b['model'][key]), key

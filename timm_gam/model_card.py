@@ -68,8 +68,8 @@ def _flag_arguments(name: str, value) -> list[str]:
     flag = '--' + name.replace('_', '-')
     if isinstance(value, bool):
         return [flag] if value else ['--no-' + name.replace('_', '-')]
-    if isinstance(value, (list, tuple)):
-        return [flag, *map(str, value)]
+    if isinstance(value, (list, tuple)):  # an empty list is the default of an epoch list: no flag says it
+        return [flag, *map(str, value)] if value else []
     return [flag, str(value)]
 
 

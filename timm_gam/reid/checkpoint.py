@@ -11,6 +11,7 @@ a temporary file in the same folder, fsync'ed, then renamed over the old one, so
 moment leaves either the previous complete checkpoint or the new complete one, never half of one.
 """
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from .memory import ClusterMemory
 
 __all__ = ['CheckpointError', 'RunState', 'TrainingCheckpoint', 'save_checkpoint', 'load_checkpoint',
-           'atomic_write_text', 'CHECKPOINT_FORMAT']
+           'atomic_write_text', 'keep_epoch_copy', 'CHECKPOINT_FORMAT']
 
 CHECKPOINT_FORMAT = 'timm-gam-unsup-reid/1'
 
@@ -51,6 +52,17 @@ def _atomic_replace(path: Path, write) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Replace a small text file (metrics.json) so readers never see it half-written."""
     _atomic_replace(Path(path), lambda f: f.write(text.encode()))
+
+
+def keep_epoch_copy(path: str | os.PathLike, epoch: int) -> Path:
+    """Copy the checkpoint at ``path`` to ``checkpoint-epochNNN.pt`` beside it (written atomically, as the
+    checkpoint is) and return the copy's path. Copied into another run folder as ``checkpoint.pt``, it
+    resumes there from that epoch: a branch point for runs that differ only after it."""
+    path = Path(path)
+    kept = path.with_name(f'{path.stem}-epoch{epoch:03d}{path.suffix}')
+    with open(path, 'rb') as source:
+        _atomic_replace(kept, lambda f: shutil.copyfileobj(source, f))
+    return kept
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:

@@ -95,6 +95,11 @@ class TrainConfig:
     weight_decay: float = _option(5e-4)
     lr_decay_epochs: int = _option(25, 'the learning rate drops by lr_decay every this many epochs')
     lr_decay: float = 0.1
+    # beyond the paper: the rate's drops at chosen epochs (torch's MultiStepLR), e.g. one early in the
+    # clustering stage as SpCL and Cluster Contrast drop it after 40% of theirs (docs/recipe.md)
+    lr_milestones: tuple[int, ...] = _option((), 'epochs after which the rate drops by lr_decay, in place of '
+                                                 'the drop every --lr-decay-epochs (beyond the paper)',
+                                             metavar='EPOCH')
     warmup_epochs: int = _option(20, 'epochs of stage 0, before the first merge')
     epochs_per_stage: int = _option(2)
     stages: int = _option(16, 'merge stages after stage 0')
@@ -135,6 +140,9 @@ class TrainConfig:
     compile: bool = _option(False, 'torch.compile the training step (the cpu preset does): minutes to '
                                    'compile once, then faster steps; needs a C++ compiler on a CPU')
     eval_batch_size: int = 128
+    keep_checkpoints: tuple[int, ...] = _option((), 'epochs whose checkpoint is also kept as '
+                                                    'checkpoint-epochNNN.pt, a point to branch other runs '
+                                                    'from (docs/recipe.md)', metavar='EPOCH')
     log_every: int = 50  # steps between 'step' lines in log.jsonl (and on stdout without a progress bar)
     # the time-to-accuracy protocol (docs/results.md): minutes of training, evaluations not counted
     time_budget_min: float | None = _option(None, 'stop after this many minutes of training (evaluations '
@@ -147,6 +155,7 @@ class TrainConfig:
 
     def __post_init__(self):
         self.image_size = tuple(self.image_size)
+        self.lr_milestones, self.keep_checkpoints = tuple(self.lr_milestones), tuple(self.keep_checkpoints)
         for name, allowed in (('layout', LAYOUTS), ('loss', LOSSES), ('cluster_distance', DISTANCES),
                               ('size_update', SIZE_UPDATES), ('data_path', DATA_PATHS),
                               ('idl_negatives', IDL_NEGATIVES), ('clustering', CLUSTERINGS)):
@@ -174,6 +183,11 @@ class TrainConfig:
             raise ValueError(f'final_size_epochs is {self.final_size_epochs}, but the schedule has only '
                              f'{total_epochs(self)} epochs (warm-up + stages x epochs per stage): give at '
                              'most that many')
+        for name in ('lr_milestones', 'keep_checkpoints'):
+            epochs = getattr(self, name)
+            if any(type(e) is not int or e < 1 for e in epochs) or list(epochs) != sorted(set(epochs)):
+                raise ValueError(f'{name} must be epochs counted from 1, rising, each once (e.g. 25 44), '
+                                 f'got {list(epochs)}')
         if not self.model or not self.output:
             raise ValueError('model and output must be named')
         if self.device != 'auto':
@@ -245,7 +259,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """A ``--field-name`` flag for every field with ``flag`` metadata, default ``None`` (not given).
 
     The type comes from the annotation: a bool is ``--x`` / ``--no-x``, a ``tuple[int, int]`` takes two
-    numbers, ``X | None`` takes an ``X``.
+    numbers, a ``tuple[int, ...]`` one or more, ``X | None`` takes an ``X``.
     """
     for config_field in fields(TrainConfig):
         if 'flag' not in config_field.metadata:
@@ -255,7 +269,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             options['action'] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is tuple:
-            options.update(type=typing.get_args(kind)[0], nargs=len(typing.get_args(kind)))
+            item_types = typing.get_args(kind)
+            options.update(type=item_types[0], nargs='+' if item_types[-1] is Ellipsis else len(item_types))
         elif 'choices' not in options:
             options['type'] = kind
         parser.add_argument('--' + config_field.name.replace('_', '-'), default=None, **options)
@@ -285,8 +300,13 @@ def _plain(value):
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:
-    """Step decay of paper 5.2: the base rate, divided by 10 every ``lr_decay_epochs`` epochs."""
-    return config.base_lr * config.lr_decay ** (epoch // config.lr_decay_epochs)
+    """The rate of epoch ``epoch`` (from 0). Step decay of paper 5.2: the base rate divided by 10 every
+    ``lr_decay_epochs`` epochs; with ``lr_milestones``, divided once after each of those epochs instead."""
+    if config.lr_milestones:
+        drops = sum(epoch >= milestone for milestone in config.lr_milestones)
+    else:
+        drops = epoch // config.lr_decay_epochs
+    return config.base_lr * config.lr_decay ** drops
 
 
 def stage_epochs(config: TrainConfig, stage: int) -> int:

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from .batches import DecodedBatches, SeededPerImage, seed_for, steps_per_epoch, train_batches
 from .camera_proxies import CameraProxies, camera_proxy_loss
-from .checkpoint import CheckpointError, RunState, TrainingCheckpoint
+from .checkpoint import CheckpointError, RunState, TrainingCheckpoint, keep_epoch_copy
 from .clustering import cluster_purity
 from .config import (
     DATA_PATHS,
@@ -500,6 +500,10 @@ class Trainer:
                            trained_image_size=self._weights_size(state),
                            mean_teacher=self.mean_teacher and self.mean_teacher.module.backbone.state_dict()
                            ).save(self.checkpoint_path)
+        if state.step_in_epoch == 0 and state.epoch in self.config.keep_checkpoints:
+            kept = keep_epoch_copy(self.checkpoint_path, state.epoch)
+            self._report('kept_checkpoint', f'epoch {state.epoch}: a copy of the checkpoint kept as {kept}',
+                         epoch=state.epoch, path=str(kept))
 
     def _train_images_fingerprint(self) -> str:
         """Which training images, in which order, the saved cluster labels refer to."""
