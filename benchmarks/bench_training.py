@@ -24,16 +24,18 @@ counted once per model and size by ``torch.utils.flop_counter`` (forward and bac
 multiply-add of the convolutions and matrix products). The peak is ``cores x clock x FP32 FLOP per
 cycle`` (:func:`cpu_peak_flops`), from ``lscpu``. ``--kernels`` runs one fast-eager step of each model under
 ``ONEDNN_VERBOSE=1`` and tallies which oneDNN implementation ran each convolution pass and its time.
-``--recipe-data-root`` also trains the ``cpu`` preset for ``--recipe-minutes`` and reads its steady
-images/s from its own log (the median of its step lines after the first, which holds the compile); its
-ratio is to resnet50's eager-fp32 steps timed just before and just after that run (both printed), since a
-shared machine's speed drifts over minutes.
+``--recipe-data-root`` also trains the ``cpu`` preset for ``--recipe-minutes``, exactly as a user runs it,
+and reads its images/s from its own log's step lines (each over 50 steps). Since this VM's speed drifts
+by tens of percent over minutes, resnet50's eager-fp32 step is timed between those lines, the recipe
+stopped meanwhile (:class:`Interleaving`), and each kept line is divided by the resnet50 timings around it;
+the median of those ratios is reported, with their range and every pair.
 """
 import argparse
 import collections
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -138,7 +140,7 @@ class Contender:
         self.times.append(time.perf_counter() - start)
 
     def rate_of_more_steps(self, steps: int) -> float:
-        """Images/s of ``steps`` more timed steps, taken now: the baseline bracketing the recipe's run."""
+        """Images/s of ``steps`` more timed steps, taken now: the baseline between the recipe's step lines."""
         for _ in range(steps):
             self.timed_step()
         return self.views / 2 / statistics.median(self.times[-steps:])
@@ -171,17 +173,76 @@ def recipe_arguments(data_root: str, run: str, minutes: float) -> list[str]:
     return ['--preset', 'cpu', '--data-root', data_root, '--output', run, '--time-budget-min', str(minutes)]
 
 
-def recipe_images_per_s(data_root: str, minutes: float) -> tuple[float, dict]:
-    """The cpu preset's steady training images/s on ``data_root``, read from its own log.jsonl."""
+class Interleaving:
+    """Which of the recipe's step lines count, and when to time the baseline between them.
+
+    The recipe runs in its own process; after a step line is logged it may be stopped (SIGSTOP) while the
+    baseline's steps are timed alone, then continued. The line whose window held that stop (or the
+    compile: the first line) is left out. Every line kept is therefore the recipe alone, with baseline
+    timings just before the line before it and just after it: a VM whose speed drifts over minutes
+    drifts little within those seconds.
+    """
+
+    def __init__(self):
+        self.window_disturbed = True  # the first line's window holds the compile
+        self.last_baseline = None
+        self.kept_line = None
+        self.pairs = []  # (recipe images/s, baseline images/s before, after)
+
+    def step_line(self, images_per_s: float) -> bool:
+        """Take the recipe's next step line; True when the baseline is to be timed now."""
+        clean = not self.window_disturbed
+        self.window_disturbed = False
+        if clean:
+            self.kept_line = images_per_s
+        return clean or self.last_baseline is None
+
+    def baseline_timed(self, images_per_s: float) -> None:
+        if self.kept_line is not None:
+            self.pairs.append((self.kept_line, self.last_baseline, images_per_s))
+            self.kept_line = None
+        self.last_baseline = images_per_s
+        self.window_disturbed = True
+
+
+def recipe_against_baseline(data_root: str, minutes: float, baseline: Contender, steps: int,
+                            poll_s: float = 0.2) -> tuple[list[tuple[float, float, float]], dict]:
+    """Train the cpu preset on ``data_root`` and time ``steps`` baseline steps between its step lines
+    (:class:`Interleaving`): the kept (recipe, baseline before, baseline after) images/s, and the
+    recipe's ``training_path`` record."""
     with tempfile.TemporaryDirectory() as run:
-        subprocess.run([sys.executable, str(RECIPE), *recipe_arguments(data_root, run, minutes)],
-                       check=True, stdout=subprocess.DEVNULL, env={**os.environ, 'TIMM_GAM_PROGRESS': '0'})
-        events = [json.loads(line) for line in open(Path(run) / 'log.jsonl')]
-    rates = [e['images_per_s'] for e in events if e['event'] == 'step'][1:]
-    path = next(e for e in events if e['event'] == 'training_path')
-    if not rates:
+        log = Path(run) / 'log.jsonl'
+        recipe = subprocess.Popen([sys.executable, str(RECIPE), *recipe_arguments(data_root, run, minutes)],
+                                  stdout=subprocess.DEVNULL, env={**os.environ, 'TIMM_GAM_PROGRESS': '0'})
+        interleaving, lines_read = Interleaving(), 0
+        while True:
+            finished = recipe.poll() is not None  # read once more after the end: its last lines
+            rates = [e['images_per_s'] for e in complete_events(log) if e['event'] == 'step']
+            for rate in rates[lines_read:]:
+                lines_read += 1
+                if interleaving.step_line(rate) and not finished:
+                    recipe.send_signal(signal.SIGSTOP)
+                    try:
+                        interleaving.baseline_timed(baseline.rate_of_more_steps(steps))
+                    finally:
+                        recipe.send_signal(signal.SIGCONT)
+            if finished:
+                break
+            time.sleep(poll_s)
+        if recipe.returncode:
+            raise SystemExit(f'the cpu preset failed (exit {recipe.returncode}); run it alone to see why: '
+                             f'python {RECIPE} {" ".join(recipe_arguments(data_root, "RUN", minutes))}')
+        path = next(e for e in complete_events(log) if e['event'] == 'training_path')
+    if not interleaving.pairs:
         raise SystemExit(f'the cpu preset logged too few steps in {minutes} minutes: raise --recipe-minutes')
-    return statistics.median(rates), path
+    return interleaving.pairs, path
+
+
+def complete_events(log: Path) -> list[dict]:
+    """The complete lines of a log the recipe may be writing to."""
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines(keepends=True) if line.endswith('\n')]
 
 
 def main(argv=None):
@@ -228,18 +289,21 @@ def main(argv=None):
             print(f'| {c.model_name} | {c.path} | {rate:.1f} | {ratio} | {flops[c.model_name] / 1e9:.1f} '
                   f'| {flop_rate / 1e9:.1f} | {100 * flop_rate / peak:.0f}% | {c.first_step_s:.1f} |')
         if args.recipe_data_root and size == (64, 32):
-            baseline = next((c for c in contenders if (c.model_name, c.path) == BASELINE), None)
-            before = baseline.rate_of_more_steps(args.repeats) if baseline else None
-            recipe_rate, path = recipe_images_per_s(args.recipe_data_root, args.recipe_minutes)
-            if baseline:
-                after = baseline.rate_of_more_steps(args.repeats)
-                bracket = args.views / 2 / statistics.median(baseline.times[-2 * args.repeats:])
-                ratio = (f'{recipe_rate / bracket:.2f}x (resnet50 timed just before and after it: '
-                         f'{before:.1f} / {after:.1f} img/s)')
-            else:
-                ratio = '-'
+            baseline = next((c for c in contenders if (c.model_name, c.path) == BASELINE), None) or \
+                Contender(*BASELINE, args.views, size)
+            pairs, path = recipe_against_baseline(args.recipe_data_root, args.recipe_minutes, baseline,
+                                                  args.repeats)
+            ratios = [rate / statistics.mean(around) for rate, *around in pairs]
+            recipe_rate = statistics.median(rate for rate, *_ in pairs)
             print(f'| cpu preset (its log: {path["autocast"]}, {path["compile"].split(" (")[0]}) | recipe '
-                  f'| {recipe_rate:.1f} | {ratio} | | | | |')
+                  f'| {recipe_rate:.1f} | **{statistics.median(ratios):.2f}x** (median of {len(ratios)} step '
+                  f'lines, each against resnet50 timed around it: {min(ratios):.2f}-{max(ratios):.2f}x) '
+                  '| | | | |')
+            print("\nThe cpu preset's step lines kept, and resnet50 eager-fp32 timed around each (images/s):")
+            print('| recipe | resnet50 before | resnet50 after | ratio |')
+            print('|---|---|---|---|')
+            for (rate, before, after), ratio in zip(pairs, ratios, strict=True):
+                print(f'| {rate:.1f} | {before:.1f} | {after:.1f} | {ratio:.2f}x |')
         if args.kernels:
             for m in args.models:
                 rows = onednn_kernels(m, args.views, size)

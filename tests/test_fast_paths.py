@@ -169,6 +169,30 @@ def test_the_benchmark_runs_the_recipe_with_flags_it_has(tmp_path):
     assert config.compile and config.data_path == 'decoded'  # the fast path, by default
 
 
+def test_the_recipe_is_timed_only_on_step_lines_no_baseline_timing_interrupted():
+    # a simulated run: the first line's window holds the compile; a baseline timing interrupts the
+    # window of the line after it. Kept: every other clean line, paired with the timings around it.
+    interleaving = load_benchmark().Interleaving()
+    timeline, timing_rates = [], iter(range(100, 200))
+    interrupted = True
+    for line in range(1, 12):
+        timeline.append(('line', float(line), interrupted))
+        interrupted = False
+        if interleaving.step_line(float(line)):
+            rate = float(next(timing_rates))
+            interleaving.baseline_timed(rate)
+            timeline.append(('timing', rate))
+            interrupted = True
+    expected = []
+    for at, (kind, value, *was_interrupted) in enumerate(timeline):
+        before = [e[1] for e in timeline[:at] if e[0] == 'timing']
+        after = [e[1] for e in timeline[at + 1:] if e[0] == 'timing']
+        if kind == 'line' and not was_interrupted[0] and after:
+            expected.append((value, before[-1], after[0]))
+    assert interleaving.pairs == expected
+    assert [rate for rate, *_ in expected] == [3.0, 5.0, 7.0, 9.0, 11.0]
+
+
 def load_benchmark():
     import importlib.util
     spec = importlib.util.spec_from_file_location('bench_training', BENCHMARK)
