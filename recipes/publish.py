@@ -15,7 +15,7 @@ import argparse
 import torch
 
 import timm_gam  # noqa: F401  (registers the GAM and CBAM models with timm)
-from timm_gam.reid.embedding import load_embedder
+from timm_gam.reid.embedding import RETRIEVAL_FEATURES, load_embedder
 from timm_gam.release import publish, registry_mismatch, write_release_folder
 
 
@@ -27,6 +27,9 @@ def parse_args(argv=None):
     p.add_argument('--output', required=True, help='folder to write (hub/<model>.<tag> in this repository)')
     p.add_argument('--fp16', action='store_true', help='store the weights in fp16 (half the size)')
     p.add_argument('--data-root', help='Market-1501 layout to measure rank-1/5/10 and mAP on (query/gallery)')
+    p.add_argument('--retrieval-features', choices=RETRIEVAL_FEATURES,
+                   help="what the released model outputs: 'head', the run's embedding, or 'pooled', the "
+                        'pooled features before it, the head left out (default: what the run evaluated)')
     p.add_argument('--hardware', help='what it trained on, for the card, e.g. "2-core CPU" or "1x H100"')
     p.add_argument('--workers', type=int, default=0, help='data loading processes while measuring')
     p.add_argument('--dry-run', action='store_true', help='write the folder only, do not upload')
@@ -36,7 +39,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    loaded = load_embedder(checkpoint=args.checkpoint)
+    loaded = load_embedder(checkpoint=args.checkpoint, retrieval_features=args.retrieval_features)
     mismatch = registry_mismatch(loaded, args.repo_id)
     if mismatch:
         print(f'[publish] warning: {mismatch}')

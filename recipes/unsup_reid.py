@@ -63,11 +63,12 @@ PRESETS = {
     # cpu-full's speed settings and IDL-only warm-up, lengthened to 32 epochs, then 28 stages of one epoch,
     # each clustering the training set afresh with DBSCAN on k-reciprocal Jaccard distances (eps 0.3:
     # docs/recipe.md), its outliers left out of ACL; at the images' size on disk: the recipe of the
-    # released g4 (docs/results.md, the 128x64 run)
+    # released g4 (docs/results.md, the 128x64 run), which retrieves with the pooled features before the
+    # embedding head (docs/results.md, "Retrieval with the pooled features")
     'cpu-dbscan': dict(image_size=(128, 64), embed_dim=1024, batch_size=32, warmup_epochs=32,
                        epochs_per_stage=1, stages=28, clustering='dbscan', dbscan_eps=0.3,
                        camera_centred_merge=True, lr_decay_epochs=25, channels_last=True, data_path='decoded',
-                       workers=0, compile=True, acl_from_stage=1),
+                       workers=0, compile=True, acl_from_stage=1, retrieval_features='pooled'),
     # a whole schedule on 62 tiny synthetic training images in a minute: for tests, and for checking a
     # change end to end (kill/resume, torchrun) before a long run; --model test_convnext is fastest
     'smoke': dict(image_size=(64, 32), embed_dim=64, batch_size=16, warmup_epochs=2, epochs_per_stage=1,
@@ -134,7 +135,8 @@ def main(argv=None) -> dict:
     if args.eval_only:
         # only the flags given on the command line are expectations of the weights; presets are not
         metrics = evaluate_run(config, checkpoint=args.checkpoint, model_name=args.model,
-                               embed_dim=args.embed_dim, image_size=args.image_size)
+                               embed_dim=args.embed_dim, image_size=args.image_size,
+                               retrieval_features=args.retrieval_features)
     else:
         print('[config] ' + json.dumps(asdict(config)))
         metrics = train(config, resume=args.resume)

@@ -22,7 +22,8 @@ from .reid.config import FIELDS_WITHOUT_FLAG, TrainConfig
 from .reid.embedding import LoadedEmbedder
 
 __all__ = ['RESEARCH_ONLY_DATASETS', 'count_gmacs', 'recipe_command', 'settings_without_flag',
-           'model_card', 'refresh_release_card', 'dtype_name', 'earlier_releases', 'release_summary']
+           'model_card', 'refresh_release_card', 'dtype_name', 'earlier_releases', 'release_summary',
+           'training_section']
 
 # data sets whose terms allow research use only; weights trained on them inherit the restriction
 RESEARCH_ONLY_DATASETS = {'market1501': 'Market-1501', 'dukemtmc': 'DukeMTMC-reID'}
@@ -200,6 +201,10 @@ def _warm_start_source(config: dict) -> str | None:
     return (cfg and (cfg.hf_hub_id or cfg.url)) or "timm's default weights"
 
 
+def _retrieval_features(config: dict) -> str:
+    return 'pooled features' if config.get('retrieval_features') == 'pooled' else "embedding head's output"
+
+
 def _initial_weights(config: dict) -> str:
     """Where training started: from scratch, or warm from the weights ``pretrained=True`` loaded."""
     source = _warm_start_source(config)
@@ -208,6 +213,26 @@ def _initial_weights(config: dict) -> str:
     return (f"warm-started from the weights `timm.create_model('{config['model']}', pretrained=True)` loaded "
             f'when training began (`{source}` as it stood then), so the epochs and minutes below are this '
             "run's alone")
+
+
+def _unchanged_weights_paragraph(config: dict, source_training: str | None) -> str:
+    """The Training section of a release that took no training step: which weights it re-releases, and how
+    those were trained, quoted from the card of their own release where the folder held it."""
+    source = _warm_start_source(config)
+    how = ('(the first row of "Earlier releases" above is the same weights as they were compared before). '
+           'How they were trained, as the card of that release gave it (its figures are of the features '
+           'that release compared):\n\n'
+           + '\n'.join(f'> {line}'.rstrip() for line in source_training.splitlines()) + '\n'
+           if source_training else '. How they were trained is not recorded here: see that release.\n')
+    return (f"**Not trained further**: these are the weights `timm.create_model('{config['model']}', "
+            f'pretrained=True)` loaded (`{source}` as it stood then), unchanged, released again to be '
+            f'compared by their {_retrieval_features(config)} {how}')
+
+
+def training_section(card: str) -> str | None:
+    """The body of a model card's ``## Training`` section, or None when it has none."""
+    match = re.search(r'^## Training\n(.*?)(?=^## )', card, re.MULTILINE | re.DOTALL)
+    return match.group(1).strip() if match else None
 
 
 def _epochs(state) -> str:
@@ -236,16 +261,34 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}[dtype]
 
 
+def _embedding_description(model_name: str, embed_dim: int, head_dim: int, pooled: bool) -> str:
+    if not pooled:
+        return f"timm's `{model_name}` whose classifier outputs a {embed_dim}-d embedding"
+    return (f"the {embed_dim}-d pooled features of timm's `{model_name}` (`num_classes=0`: the {head_dim}-d "
+            'embedding head that the losses trained is left out, and retrieval compares the features it '
+            'reads, as self-supervised learning keeps the representation before its projection head)')
+
+
+def _parameters_row(params: int, head_params: int, pooled: bool) -> str:
+    if pooled:
+        return f'{params:,} (the training head left out)'
+    return f'{params:,} ({params - head_params:,} without the embedding layer)'
+
+
 def model_card(loaded: LoadedEmbedder, repo_id: str, *, metrics: dict | None, measured_by_publish: bool,
                dtype: torch.dtype = torch.float32, hardware: str | None = None,
-               baseline: dict | None = None, earlier: list[dict] = ()) -> str:
+               baseline: dict | None = None, earlier: list[dict] = (),
+               source_training: str | None = None) -> str:
     """The ``README.md`` of a Hub folder: what the model is, how to use it, data and licence, the recipe
     command, what was measured (beside the colour histogram ``baseline`` on the same split, when given;
     the ``earlier`` releases of the same folder below, as :func:`earlier_releases` reads them), size and
-    cost, how it was trained, its limitations and the paper to cite."""
+    cost, how it was trained (for weights released again without a training step, ``source_training``:
+    the Training section of their own release's card), its limitations and the paper to cite."""
     checkpoint = loaded.checkpoint
     config, state = checkpoint.config, checkpoint.state
-    model_name, embed_dim = checkpoint.model_name, checkpoint.embed_dim
+    model_name, embed_dim = checkpoint.model_name, loaded.embed_dim
+    pooled = loaded.backbone.num_classes == 0  # released without the head the losses trained
+    what = _embedding_description(model_name, embed_dim, checkpoint.embed_dim, pooled)
     num_train_images = len(state.cluster_labels)
     height, width = loaded.image_size
     backbone = loaded.backbone
@@ -279,14 +322,23 @@ def model_card(loaded: LoadedEmbedder, repo_id: str, *, metrics: dict | None, me
                    'accuracy than the paper reports, and feed images at this size (timm\'s data config '
                    'does).\n'
                    if height * width < 256 * 128 else '')
+    if config['pretrained'] and state.steps == 0:
+        training = _unchanged_weights_paragraph(config, source_training)
+    else:
+        training = f"""Trained on {trained_on}, {_initial_weights(config)},
+with {_objective(config)}. {progress.capitalize()}: {_epochs(state)} in all, ending
+with {clusters:,} clusters of {num_train_images:,} training images{outlier_note}.{purity_line} Training took
+{_format_hours(state.elapsed_s)} of wall time (evaluations included; {state.train_seconds / 60:.0f} minutes
+without them) on {hardware_line}.
+{_curve_section(state)}"""
     tag = repo_id.split('/')[-1]
     data_folder = _data_folder(config['data_root'])
     research_only = _research_only(data_folder)
     metadata = card_data(tag, metrics, data_folder, research_only)
     return with_metadata(metadata, f"""# {tag}
 
-A person re-identification embedding: timm's `{model_name}` whose classifier outputs a {embed_dim}-d
-embedding, trained **without identity labels** by the IDL + ACL recipe of Nikhal & Riggan, "Unsupervised
+A person re-identification embedding: {what},
+trained **without identity labels** by the IDL + ACL recipe of Nikhal & Riggan, "Unsupervised
 Attention Based Instance Discriminative Learning for Person Re-Identification" (WACV 2021), as implemented
 in timm-gam. Compare people by the Euclidean distance of the L2-normalised embeddings.
 
@@ -316,20 +368,15 @@ Reproduce with `python recipes/unsup_reid.py --eval-only --pretrained --model {m
 
 | | |
 |---|---|
-| architecture | `{model_name}`, {embed_dim}-d embedding (`num_classes={embed_dim}`) |
+| architecture | `{model_name}`, {embed_dim}-d embedding (`num_classes={loaded.backbone.num_classes}`) |
 | input | 3x{height}x{width}, ImageNet mean/std, bilinear resize of the whole crop |
-| parameters | {params:,} ({params - embedding_params:,} without the embedding layer) |
+| parameters | {_parameters_row(params, embedding_params, pooled)} |
 | GMACs | {gmacs:.2f} at {height}x{width} (convolutions and matrix products, FlopCounterMode) |
 | weights | `model.safetensors`, {dtype_name(dtype)} |
 
 ## Training
 
-Trained on {trained_on}, {_initial_weights(config)},
-with {_objective(config)}. {progress.capitalize()}: {_epochs(state)} in all, ending
-with {clusters:,} clusters of {num_train_images:,} training images{outlier_note}.{purity_line} Training took
-{_format_hours(state.elapsed_s)} of wall time (evaluations included; {state.train_seconds / 60:.0f} minutes
-without them) on {hardware_line}.
-{_curve_section(state)}
+{training}
 The exact command (a run interrupted and continued adds `--resume`; DATA is the data set's folder):
 
 ```bash
@@ -364,6 +411,9 @@ def release_summary(checkpoint: TrainingCheckpoint) -> str:
         epochs = config['final_size_epochs']
         size += f' then {final_height}x{final_width} for the last {epochs} epoch{"s" if epochs > 1 else ""}'
     source = _warm_start_source(config)
+    if source and state.steps == 0:
+        features = _retrieval_features(config)
+        return f'`{source}` unchanged (no training step), {size}, compared by their {features}'
     warm = f', warm-started from `{source}`' if source else ''
     return (f'{_epochs(state)}, {state.train_seconds / 60:.0f} training minutes, {size}, `{config["loss"]}`'
             f'{warm}')

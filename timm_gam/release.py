@@ -1,9 +1,11 @@
 """Releasing a trained re-ID model: its Hub folder (weights, timm config, model card), and the upload.
 
 The library behind ``recipes/publish.py``. A released model is the timm backbone of a training checkpoint,
-whose classifier ``fc`` is the embedding (``num_classes = embed_dim``); its pretrained cfg carries the input
-size the run trained with, so ``hf-hub:`` loading resizes images as training did. Users L2-normalise its
-output, as :class:`~timm_gam.reid.ReidEmbedder` does. The card is written by :mod:`timm_gam.model_card`.
+whose output is what the run retrieves with: its classifier ``fc``, the embedding (``num_classes =
+embed_dim``), or, for a run with ``retrieval_features='pooled'``, the pooled features, the head removed
+(``num_classes=0``); its pretrained cfg carries the input size the run trained with, so ``hf-hub:`` loading
+resizes images as training did. Users L2-normalise its output, as :class:`~timm_gam.reid.ReidEmbedder` does.
+The card is written by :mod:`timm_gam.model_card`.
 """
 import os
 from pathlib import Path
@@ -14,7 +16,7 @@ from huggingface_hub import get_token
 from timm.models import get_pretrained_cfg
 
 from .hub import MODEL_CARD_NAME, push_to_hub, save_hub_folder
-from .model_card import dtype_name, earlier_releases, model_card, release_summary
+from .model_card import dtype_name, earlier_releases, model_card, release_summary, training_section
 from .reid.colour_histogram import colour_histogram_embeddings
 from .reid.datasets import EVALUATION_SPLITS, prepare_data
 from .reid.embedding import LoadedEmbedder
@@ -69,7 +71,7 @@ def registry_mismatch(loaded: LoadedEmbedder, repo_id: str) -> str | None:
     registered = get_pretrained_cfg(tag)
     if registered.hf_hub_id != repo_id:
         return None
-    released = {'num_classes': loaded.embedder.embed_dim, 'input_size': (3, *loaded.image_size)}
+    released = {'num_classes': loaded.backbone.num_classes, 'input_size': (3, *loaded.image_size)}
     registered_values = {'num_classes': registered.num_classes, 'input_size': tuple(registered.input_size)}
     differing = {k: (registered_values[k], v) for k, v in released.items() if registered_values[k] != v}
     if not differing:
@@ -106,8 +108,10 @@ def write_release_folder(loaded: LoadedEmbedder, output: str | os.PathLike, repo
         metrics = loaded.checkpoint.last_evaluation()
         if metrics is not None:
             metrics['data_root'] = loaded.checkpoint.config['data_root']
+    old_card = Path(output) / MODEL_CARD_NAME
     card = model_card(loaded, repo_id, metrics=metrics, measured_by_publish=data_root is not None,
-                      dtype=dtype, hardware=hardware, baseline=baseline, earlier=_earlier_in(output, loaded))
+                      dtype=dtype, hardware=hardware, baseline=baseline, earlier=_earlier_in(output, loaded),
+                      source_training=training_section(old_card.read_text()) if old_card.is_file() else None)
     return save_hub_folder(loaded.backbone, output, model_card=card, dtype=dtype)
 
 

@@ -14,6 +14,7 @@ import torch
 
 from .clustering import DISTANCES, SIZE_UPDATES
 from .datasets import LAYOUTS
+from .embedding import RETRIEVAL_FEATURES
 from .synthetic import make_synthetic_reid
 from .transforms import AUGMENTATION, AugmentationSpec
 
@@ -89,6 +90,12 @@ class TrainConfig:
     mean_teacher_decay: float = _option(0.0, 'decay of a moving average of the weights (a mean teacher, '
                                              'e.g. 0.999 per step) whose features are clustered, evaluated '
                                              'and released; 0 (default, the paper): no mean teacher')
+    # beyond the paper: retrieval with the pooled features the head reads, as self-supervised learning keeps
+    # the representation before its projection head (SimCLR, Chen et al. 2020, Sec. 4.2; docs/recipe.md)
+    retrieval_features: str = _option('head', "what evaluation and the released model compare: 'head', the "
+                                              "embedding phi the losses train (the paper); 'pooled', the "
+                                              'pooled features before it (released without the head)',
+                                      choices=RETRIEVAL_FEATURES)
     batch_size: int = _option(32)
     lr: float | None = _option(None, 'default 0.1 from scratch, 0.01 with --pretrained (paper 5.2)')
     momentum: float = 0.9

@@ -2,8 +2,13 @@
 
 The embedding head is timm's own classifier: ``timm.create_model(name, num_classes=embed_dim)`` gives
 pooled features -> linear layer of ``embed_dim`` outputs (paper Table 5: 512..4096), and the
-embedding is its output on the unit sphere. A re-ID checkpoint is therefore a plain timm model whose
-``num_classes`` is the embedding size, loadable with ``timm.create_model(..., pretrained=True)``.
+embedding phi that the losses train is its output on the unit sphere. A re-ID checkpoint is therefore a
+plain timm model whose ``num_classes`` is the embedding size, loadable with
+``timm.create_model(..., pretrained=True)``.
+
+Retrieval may compare either that head's output or the pooled features it reads (``retrieval_features``
+of :class:`~timm_gam.reid.TrainConfig`, docs/recipe.md): with ``'pooled'`` a trained model is released
+without its head (``num_classes=0``), so that timm's plain forward gives the pooled features.
 
 :func:`load_embedder` is the one way to get a trained embedder, from a training checkpoint or from
 pretrained (Hub) weights; the embedding size and input size come from the weights, never from a
@@ -26,24 +31,41 @@ from torch.utils.data import DataLoader
 from .checkpoint import CheckpointError, TrainingCheckpoint
 from .datasets import ReidImage, ReidImageDataset
 
-__all__ = ['ReidEmbedder', 'LoadedEmbedder', 'create_embedder', 'load_embedder', 'load_embedders',
-           'load_checkpoint_weights', 'trained_input_cfg', 'extract_embeddings', 'resolve_device',
-           'autocast_dtype']
+__all__ = ['RETRIEVAL_FEATURES', 'ReidEmbedder', 'LoadedEmbedder', 'create_embedder', 'load_embedder',
+           'load_embedders', 'load_checkpoint_weights', 'trained_input_cfg', 'extract_embeddings',
+           'resolve_device', 'autocast_dtype']
+
+
+RETRIEVAL_FEATURES = ('head', 'pooled')
 
 
 class ReidEmbedder(nn.Module):
-    """A timm model whose head outputs the embedding, followed by L2 normalisation."""
+    """A timm model's features of person crops, L2-normalised.
 
-    def __init__(self, backbone: nn.Module):
+    ``features='head'``: the output of the model's head (its classifier, the embedding phi of Eq. 4-8);
+    ``'pooled'``: the globally pooled features that head reads (timm's ``forward_head(...,
+    pre_logits=True)``). A model without a head (``num_classes=0``) gives its pooled features either way.
+    """
+
+    def __init__(self, backbone: nn.Module, features: str = 'head'):
         super().__init__()
+        if features not in RETRIEVAL_FEATURES:
+            raise ValueError(f'features must be one of {RETRIEVAL_FEATURES}, got {features!r}')
         self.backbone = backbone
+        self.features = features
 
     @property
     def embed_dim(self) -> int:
+        if self.features == 'pooled' or not self.backbone.num_classes:
+            return getattr(self.backbone, 'head_hidden_size', None) or self.backbone.num_features
         return self.backbone.num_classes
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.backbone(images).float(), dim=1)
+        if self.features == 'pooled':
+            features = self.backbone.forward_head(self.backbone.forward_features(images), pre_logits=True)
+        else:
+            features = self.backbone(images)
+        return F.normalize(features.float(), dim=1)
 
 
 def create_embedder(model_name: str, embed_dim: int = 2048, pretrained: bool = False,
@@ -104,7 +126,8 @@ def load_checkpoint_weights(model: ReidEmbedder, checkpoint: TrainingCheckpoint,
 
 def load_embedder(*, checkpoint: str | os.PathLike | None = None, pretrained: str | None = None,
                   model_name: str | None = None, embed_dim: int | None = None,
-                  image_size: tuple[int, int] | None = None) -> LoadedEmbedder:
+                  image_size: tuple[int, int] | None = None,
+                  retrieval_features: str | None = None) -> LoadedEmbedder:
     """A trained embedder in eval mode: from a ``checkpoint.pt`` of ``recipes/unsup_reid.py``, or from the
     pretrained weights of a timm model name (``gam_resnet50_g4``, ``hf-hub:org/name``, ...).
 
@@ -113,7 +136,13 @@ def load_embedder(*, checkpoint: str | os.PathLike | None = None, pretrained: st
     the caller expects: a model that differs is a :class:`ValueError` naming both, never a silently
     rebuilt layer. A checkpoint's model gets a pretrained cfg for its trained input, so timm's data
     config (and a Hub folder made from it) resizes images as training did.
+
+    ``retrieval_features`` (default: the run's own ``retrieval_features``, for pretrained weights what
+    they output) picks the features: with ``'pooled'`` the model comes without its head.
     """
+    if retrieval_features not in (None, *RETRIEVAL_FEATURES):
+        raise ValueError(f'--retrieval-features must be one of {RETRIEVAL_FEATURES}, '
+                         f'got {retrieval_features!r}')
     if (checkpoint is None) == (pretrained is None):
         raise ValueError('give a model: either --checkpoint RUN/checkpoint.pt or --pretrained (one of them)')
     if checkpoint is not None:
@@ -121,14 +150,21 @@ def load_embedder(*, checkpoint: str | os.PathLike | None = None, pretrained: st
         model = create_embedder(saved.model_name, saved.embed_dim)
         load_checkpoint_weights(model, saved, checkpoint, model_name or saved.model_name)
         backbone = model.backbone
+        if (retrieval_features or saved.config.get('retrieval_features', 'head')) == 'pooled':
+            backbone.reset_classifier(0)
         backbone.pretrained_cfg = {**backbone.pretrained_cfg, **trained_input_cfg(backbone, saved.image_size)}
-        loaded = LoadedEmbedder(model.eval(), saved.image_size,
+        loaded = LoadedEmbedder(ReidEmbedder(backbone).eval(), saved.image_size,
                                 f'{saved.model_name} ({Path(checkpoint).parent.name})', checkpoint=saved)
         source = f'the {saved.model_name} model of {checkpoint}'
     else:
         if model_name is not None and model_name != pretrained:
             raise ValueError(f'two models given: {model_name!r} and pretrained {pretrained!r}')
         backbone = timm.create_model(pretrained, pretrained=True)
+        if retrieval_features == 'head' and not backbone.num_classes:
+            raise ValueError(f'pretrained {pretrained} has no embedding head (its weights give the pooled '
+                             'features): leave out --retrieval-features head')
+        if retrieval_features == 'pooled':
+            backbone.reset_classifier(0)
         trained_size = tuple(backbone.pretrained_cfg['input_size'][1:])
         loaded = LoadedEmbedder(ReidEmbedder(backbone).eval(), trained_size, f'{pretrained} (pretrained)')
         source = f'pretrained {pretrained}'

@@ -20,12 +20,14 @@ __all__ = ['evaluate_run']
 
 
 def evaluate_run(config: 'TrainConfig', checkpoint: str | None = None, *, model_name: str | None = None,
-                 embed_dim: int | None = None, image_size: tuple[int, int] | None = None) -> dict:
+                 embed_dim: int | None = None, image_size: tuple[int, int] | None = None,
+                 retrieval_features: str | None = None) -> dict:
     """Evaluate a training checkpoint, or (without one) the pretrained weights of ``config.model``, on the
     query/gallery split of ``config.data_root``; write the figures into ``config.output``.
 
     ``model_name``, ``embed_dim`` and ``image_size`` are what the caller expects of the weights (the
-    command line's explicit flags): a model that differs is an error. The config's own sizes play no
+    command line's explicit flags): a model that differs is an error. ``retrieval_features``, where given,
+    picks the features compared (:func:`~timm_gam.reid.load_embedder`). The config's own sizes play no
     part. A run folder that holds a training checkpoint is refused as the output: its ``metrics.json``
     would be replaced.
     """
@@ -39,10 +41,10 @@ def evaluate_run(config: 'TrainConfig', checkpoint: str | None = None, *, model_
     splits = prepare_data(config.data_root, config.layout, splits=EVALUATION_SPLITS)
     if checkpoint:
         loaded = load_embedder(checkpoint=checkpoint, model_name=model_name, embed_dim=embed_dim,
-                               image_size=image_size)
+                               image_size=image_size, retrieval_features=retrieval_features)
     else:
         loaded = load_embedder(pretrained=model_name or config.model, embed_dim=embed_dim,
-                               image_size=image_size)
+                               image_size=image_size, retrieval_features=retrieval_features)
     device = resolve_device(config.device)
     metrics = evaluate_model(loaded.embedder.to(device), splits.query, splits.gallery, loaded.image_size,
                              batch_size=config.eval_batch_size, workers=config.workers, device=device,

@@ -61,6 +61,7 @@ from .datasets import ReidSplits, prepare_data
 from .decoded_images import decode_images
 from .distributed import all_gather_keeping_grad, all_gather_rows, broadcast_tensor, init_process_group
 from .embedding import (
+    ReidEmbedder,
     autocast_dtype,
     create_embedder,
     extract_embeddings,
@@ -211,7 +212,8 @@ class Trainer:
             (self.output / 'config.json').write_text(json.dumps(asdict(self.config), indent=2) + '\n')
         if self.can_evaluate:
             state.history['untrained'] = before = self.evaluate(self.config.image_size)
-            self._report('eval', f'untrained: {format_metrics(before)}', stage=-1, **before)
+            start = 'pretrained, before training' if self.config.pretrained else 'untrained'
+            self._report('eval', f'{start}: {format_metrics(before)}', stage=-1, **before)
         return state
 
     def _resume(self) -> RunState:
@@ -473,20 +475,28 @@ class Trainer:
         the mean teacher where the run keeps one, else the trained model itself."""
         return self.model if self.mean_teacher is None else self.mean_teacher.module
 
-    def embed(self, images, image_size: tuple[int, int]) -> torch.Tensor:
-        """Embeddings of ``images`` at ``image_size`` by :attr:`inference_model`, in order; under torchrun
-        each rank embeds a contiguous share."""
+    def embed(self, images, image_size: tuple[int, int], features: str = 'head') -> torch.Tensor:
+        """Embeddings of ``images`` at ``image_size`` by :attr:`inference_model` (its head's output, or with
+        ``features='pooled'`` the pooled features before it), in order; under torchrun each rank embeds a
+        contiguous share."""
         share = np.array_split(np.arange(len(images)), self.group.world_size)[self.group.rank]
         config = self.config
-        mine = extract_embeddings(self.inference_model, [images[i] for i in share],
+        model = self.inference_model
+        if features != 'head':
+            model = ReidEmbedder(model.backbone, features)  # a view: the same weights, another output
+        mine = extract_embeddings(model, [images[i] for i in share],
                                   build_eval_transform(image_size), batch_size=config.eval_batch_size,
                                   num_workers=config.workers,
                                   device=self.device, amp_dtype=autocast_dtype(config.amp, self.device))
         return all_gather_rows(mine.to(self.device), self.group).cpu()
 
     def evaluate(self, image_size: tuple[int, int]) -> dict:
+        """Query/gallery retrieval with the features the run compares (``config.retrieval_features``);
+        clustering always embeds with the head, whose output the losses train."""
         query, gallery = self.splits.query, self.splits.gallery
-        return evaluate_split(self.embed(query, image_size), self.embed(gallery, image_size), query, gallery)
+        features = self.config.retrieval_features
+        return evaluate_split(self.embed(query, image_size, features),
+                              self.embed(gallery, image_size, features), query, gallery)
 
     def _save(self, state: RunState):
         if not self.group.is_main:
