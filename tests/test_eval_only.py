@@ -79,7 +79,8 @@ def test_one_model_must_be_named(tiny_run, capsys):
 
 
 def test_pretrained_weights_are_evaluated_at_their_own_size(tiny_run, tmp_path):
-    """The published g4 is 1024-d at 128x64: no flag needed, and --embed-dim 2048 is refused, not rebuilt."""
+    """The published g4 gives 2048-d pooled features at 128x64: no flag needed, and --embed-dim 1024 (its
+    training head's size) is refused, not rebuilt."""
     *_, testset = tiny_run
     hub.install_into_hf_cache(RELEASE, REPO_ID, cache_dir=tmp_path / 'cache')
     env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / 'cache'), HF_HUB_OFFLINE='1', TIMM_GAM_PROGRESS='0')
@@ -89,9 +90,9 @@ def test_pretrained_weights_are_evaluated_at_their_own_size(tiny_run, tmp_path):
                             text=True)
     assert result.returncode == 0, result.stderr
     written = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
-    assert written['embed_dim'] == 1024 and written['image_size'] == [128, 64]
+    assert written['embed_dim'] == 2048 and written['image_size'] == [128, 64]
     assert written['pretrained'] == 'gam_resnet50_g4'
-    result = subprocess.run([*command, '--embed-dim', '2048', '--output', str(tmp_path / 'other')], env=env,
+    result = subprocess.run([*command, '--embed-dim', '1024', '--output', str(tmp_path / 'other')], env=env,
                             capture_output=True, text=True)
     assert result.returncode == 2
-    assert 'embeds in 1024 dimensions, not 2048' in result.stderr
+    assert 'embeds in 2048 dimensions, not 1024' in result.stderr

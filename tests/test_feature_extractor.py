@@ -301,8 +301,8 @@ def test_the_published_weights_offline(gallery_paths, tmp_path):
                             capture_output=True, text=True, cwd=Path(__file__).parent)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report['shape'] == [3, 1024] and report['same']
-    assert '1024-d, input 128x64' in report['repr']
+    assert report['shape'] == [3, 2048] and report['same']
+    assert '2048-d, input 128x64' in report['repr']
     # a square, a wide and a tall crop: FeatureExtractor and the card's timm snippet see the same input
     # (two pictures of one person are 0.5-0.9 apart; a centre cut against a squash was 1.0)
     assert max(report['crops_to_snippet']) < 1e-4
@@ -310,4 +310,4 @@ def test_the_published_weights_offline(gallery_paths, tmp_path):
                              str(gallery_paths[0].parent), '--output', str(tmp_path / 'g4.npz')],
                             env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert Gallery.load(tmp_path / 'g4.npz').features.shape[1] == 1024
+    assert Gallery.load(tmp_path / 'g4.npz').features.shape[1] == 2048

@@ -46,9 +46,11 @@ def run_offline(cache_dir: Path, out_dir: Path, specs: list) -> subprocess.Compl
 
 @pytest.fixture(scope='module')
 def random_gam(tmp_path_factory):
-    """A gam_resnet50_g4 with random weights and BN statistics, saved as fp32 and fp16 Hub folders."""
+    """A gam_resnet50_g4 with random weights and BN statistics, saved as fp32 and fp16 Hub folders; built
+    as its registered cfg builds it (the g4 release's pooled features: no head, ``num_classes=0``)."""
     torch.manual_seed(0)
     model = timm.create_model('gam_resnet50_g4', zero_init_last=False)
+    assert model.num_classes == 0
     for name, buffer in model.named_buffers():
         if name.endswith('running_var'):
             buffer.uniform_(0.5, 2.)
@@ -70,7 +72,7 @@ def offline_loads(random_gam, tmp_path_factory):
         ('gam_resnet50_g4', {}),
         (f'hf-hub:{REPO_ID}', {}),
         (f'hf-hub:{FP16_REPO_ID}', {}),
-        ('gam_resnet50_g4', {'num_classes': 0}),
+        ('gam_resnet50_g4', {'num_classes': 16}),
         ('gam_resnet50_g4', {'pretrained_cfg_overlay': {'hf_hub_id': MISSING_REPO_ID}}),
     ]
     result = run_offline(cache, out, specs)
@@ -96,13 +98,14 @@ def test_fp16_folder_loads_as_rounded_fp32(random_gam, offline_loads):
     saved, _, _ = random_gam
     rounded = {k: v.half().float() if v.is_floating_point() else v for k, v in saved.items()}
     assert_same_tensors(rounded, offline_loads[2])
-    assert offline_loads[2]['fc.weight'].dtype == torch.float32
+    assert offline_loads[2]['conv1.weight'].dtype == torch.float32
 
 
-def test_num_classes_zero_drops_the_pretrained_embedding(random_gam, offline_loads):
+def test_a_head_asked_of_headless_weights_is_new_on_the_pretrained_trunk(random_gam, offline_loads):
     saved, _, _ = random_gam
-    backbone = {k: v for k, v in saved.items() if not k.startswith('fc.')}
-    assert_same_tensors(backbone, offline_loads[3])
+    with_head = offline_loads[3]
+    assert_same_tensors(saved, {k: v for k, v in with_head.items() if not k.startswith('fc.')})
+    assert with_head['fc.weight'].shape == (16, 2048)
 
 
 def test_missing_weights_error_names_repo_and_remedies(offline_loads):
@@ -117,7 +120,7 @@ def test_hub_folder_contents(random_gam):
     assert sorted(p.name for p in fp32.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
     config = json.loads((fp32 / 'config.json').read_text())
     assert config['architecture'] == 'gam_resnet50_g4'
-    assert config['num_classes'] == 1024 and config['num_features'] == 2048  # the released g4 cfg
+    assert config['num_classes'] == 0 and config['num_features'] == 2048  # the released g4 cfg: no head
     assert config['pretrained_cfg']['input_size'] == [3, 128, 64]  # the released g4 cfg
     half = safetensors.torch.load_file(fp16 / 'model.safetensors')
     assert half['conv1.weight'].dtype == torch.float16

@@ -177,11 +177,14 @@ def test_grouped_attention_rejects_indivisible_widths():
         GroupedAttention(64, groups=8, grouped_mlp=True)  # 64 / 16 = 4 reduced channels
 
 
-@pytest.mark.parametrize('groups, input_size, pool_size', [
-    (2, (3, 64, 32), (2, 1)), (4, (3, 128, 64), (4, 2)), (8, (3, 64, 32), (2, 1)), (16, (3, 64, 32), (2, 1))])
-def test_reid_pretrained_cfg_describes_the_cpu_release(groups, input_size, pool_size):
-    cfg = timm.create_model(f'gam_resnet50_g{groups}', device='meta').pretrained_cfg
-    assert cfg['input_size'] == input_size and cfg['pool_size'] == pool_size and cfg['num_classes'] == 1024
+@pytest.mark.parametrize('groups, input_size, pool_size, num_classes', [
+    (2, (3, 64, 32), (2, 1), 1024), (4, (3, 128, 64), (4, 2), 0), (8, (3, 64, 32), (2, 1), 1024),
+    (16, (3, 64, 32), (2, 1), 1024)])
+def test_reid_pretrained_cfg_describes_the_cpu_release(groups, input_size, pool_size, num_classes):
+    model = timm.create_model(f'gam_resnet50_g{groups}', device='meta')
+    cfg = model.pretrained_cfg
+    assert cfg['input_size'] == input_size and cfg['pool_size'] == pool_size
+    assert cfg['num_classes'] == num_classes == model.num_classes  # g4: the pooled features, no head
     assert cfg['classifier'] == 'fc' and cfg['first_conv'] == 'conv1' and cfg['crop_pct'] == 1.0
     assert cfg['mean'] == timm.data.IMAGENET_DEFAULT_MEAN and cfg['license'] == 'other'
     assert cfg['hf_hub_id'] == f'timm-gam/gam_resnet50_g{groups}.unsup_market1501dev'

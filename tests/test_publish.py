@@ -186,7 +186,7 @@ def test_registry_mismatch_names_what_pretrained_true_would_get_wrong():
     loaded = LoadedEmbedder(ReidEmbedder(timm.create_model('test_convnext', num_classes=64)),
                             (128, 64), 'tiny')  # the registered g4 size, another embedding size
     message = release.registry_mismatch(loaded, 'timm-gam/gam_resnet50_g4.unsup_market1501dev')
-    assert 'num_classes=64 (registered: 1024)' in message and 'input_size' not in message
+    assert 'num_classes=64 (registered: 0)' in message and 'input_size' not in message
     loaded.image_size = (64, 32)
     message = release.registry_mismatch(loaded, 'timm-gam/gam_resnet50_g4.unsup_market1501dev')
     assert 'input_size=(3, 64, 32) (registered: (3, 128, 64))' in message
@@ -276,3 +276,17 @@ def test_the_card_gives_the_curve_of_the_evaluations_after_each_stage(tiny_run):
     rows = [row.split('|')[1:-1] for row in curve.strip().splitlines()[1:]]
     assert [(int(stage), float(m)) for _, _, stage, _, _, m in rows] == [
         (r['stage'], round(r['mAP'], 1)) for r in stages]
+
+
+def test_weights_released_again_quote_the_training_of_their_release():
+    card = ('# g4\n\n## Model\n\n| a | b |\n\n## Training\n\nTrained for 60 epochs.\n\n| minutes | mAP |\n'
+            '|---|---|\n| 20.0 | 15.4 |\n\n## Data and licence\n\nResearch only.\n')
+    section = model_card.training_section(card)
+    assert section == 'Trained for 60 epochs.\n\n| minutes | mAP |\n|---|---|\n| 20.0 | 15.4 |'
+    config = {'pretrained': True, 'model': 'gam_resnet50_g4', 'retrieval_features': 'pooled'}
+    paragraph = model_card._unchanged_weights_paragraph(config, section)
+    assert 'Not trained further' in paragraph and 'compared by their pooled features' in paragraph
+    assert '`timm-gam/gam_resnet50_g4.unsup_market1501dev`' in paragraph  # the registered source
+    assert '> Trained for 60 epochs.\n>\n> | minutes | mAP |' in paragraph
+    assert 'not recorded here' in model_card._unchanged_weights_paragraph(config, None)
+    assert model_card.training_section('# no training section\n') is None

@@ -149,3 +149,13 @@ def test_eval_only_pretrained_reproduces_the_card(hf_cache, tmp_path):
     measured = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
     for key, value in card_metrics(RELEASE).items():
         assert measured[key] == pytest.approx(value, abs=0.05), key
+
+
+def test_the_g4_release_says_its_weights_are_the_earlier_ones_and_how_those_were_trained():
+    """g4 was released again without a training step, to be compared by its pooled features: its card
+    says so and quotes the Training section of the release whose weights it carries."""
+    text = (RELEASE / 'README.md').read_text()
+    training = text[text.index('## Training'):text.index('## Data and licence')]
+    assert 'Not trained further' in training and 'pooled features' in training
+    assert '> with loss `idl+acl`, clusters formed afresh by DBSCAN' in training
+    assert '60 epochs in all' in training

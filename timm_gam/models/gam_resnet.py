@@ -14,8 +14,9 @@ What GAM groups beyond the convolutions (its channel MLP, its spatial map) is co
 ``tests/test_models.py``. Forward to extra options through timm, e.g.
 ``timm.create_model('gam_resnet50_g4', block_args=dict(grouped_spatial=True))``.
 
-The classifier ``fc`` is the re-ID embedding: the pretrained re-ID weights have ``num_classes=2048`` and the
-recipe L2-normalises the model output.
+The classifier ``fc`` is the re-ID embedding that the recipe's losses train; a release gives what its run
+retrieves with: that embedding (``num_classes`` its size), or the pooled features before it, released without
+the head (``num_classes=0``). Either way the recipe L2-normalises the model output.
 """
 import math
 
@@ -185,14 +186,16 @@ def _unsup_market1501_cfg(variant: str, **kwargs):
     )
 
 
-# The released weights come from the recipe's CPU configurations (1024-d embedding): g4 from the
-# `cpu-dbscan` recipe at the images' size on disk, g2/g8/g16 from their Table 6 runs at 64x32
-# (experiments/paper_tables.py); each model card under hub/ says how it was trained and what it measured.
+# The released weights come from the recipe's CPU configurations (1024-d embedding head): g4 from the
+# `cpu-dbscan` recipe at the images' size on disk, released with its pooled 2048-d features and without
+# the head (num_classes 0), g2/g8/g16 from their Table 6 runs at 64x32 (experiments/paper_tables.py),
+# released with the head; each model card under hub/ says how it was trained and what it measured.
 CPU_RELEASE_SIZE = {2: (64, 32), 4: (128, 64), 8: (64, 32), 16: (64, 32)}  # (height, width) by groups
+CPU_RELEASE_NUM_CLASSES = {2: 1024, 4: 0, 8: 1024, 16: 1024}
 
 default_cfgs = generate_default_cfgs({
     **{f'gam_resnet50_g{groups}.unsup_market1501dev': _unsup_market1501_cfg(
-        f'gam_resnet50_g{groups}', num_classes=1024, input_size=(3, height, width),
+        f'gam_resnet50_g{groups}', num_classes=CPU_RELEASE_NUM_CLASSES[groups], input_size=(3, height, width),
         pool_size=(height // 32, width // 32))  # the final feature map: ResNet-50 reduces by 32
         for groups, (height, width) in CPU_RELEASE_SIZE.items()},
     # no weights: a tiny network for tests and for the recipe's synthetic default on a CPU

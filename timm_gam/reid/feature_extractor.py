@@ -3,7 +3,7 @@
     from timm_gam.reid import FeatureExtractor
 
     extractor = FeatureExtractor('gam_resnet50_g4')               # the published weights (Hub / its cache)
-    features = extractor(['a.jpg', 'b.jpg'])                       # (2, 1024) float32, L2-normalised
+    features = extractor(['a.jpg', 'b.jpg'])                       # (2, 2048) float32, L2-normalised
     features = extractor([crop, pil_image])                        # RGB uint8 arrays of any size, PIL images
     extractor = FeatureExtractor('gam_resnet50_g4', checkpoint='runs/g4/checkpoint.pt')  # a training run
 
