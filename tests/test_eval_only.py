@@ -96,3 +96,7 @@ def test_pretrained_weights_are_evaluated_at_their_own_size(tiny_run, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert 'embeds in 2048 dimensions, not 1024' in result.stderr
+    result = subprocess.run([*command, '--retrieval-features', 'head', '--output', str(tmp_path / 'head')],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert 'has no embedding head' in result.stderr and 'leave out --retrieval-features head' in result.stderr
