@@ -164,3 +164,18 @@ def test_push_to_hub_creates_repo_and_uploads(monkeypatch, tmp_path):
     assert calls[0] == ('init', 't')
     assert calls[1] == ('create_repo', REPO_ID, {'repo_type': 'model', 'private': True, 'exist_ok': True})
     assert calls[2][1]['repo_id'] == REPO_ID and calls[2][1]['folder_path'] == tmp_path
+
+
+def test_cached_weights_of_another_release_are_named_with_the_update(tmp_path):
+    """A Hub cache still holding g4 with an embedding head, where the registered release has none."""
+    with_head = timm.create_model('gam_resnet50_g4', num_classes=1024)
+    folder = hub.save_hub_folder(with_head, tmp_path / 'old-release')
+    cache, out = tmp_path / 'cache', tmp_path / 'loaded'
+    out.mkdir()
+    hub.install_into_hf_cache(folder, 'timm-gam/gam_resnet50_g4.unsup_market1501dev', cache_dir=cache)
+    result = run_offline(cache, out, [('gam_resnet50_g4', {})])
+    assert result.returncode == 0, result.stderr
+    message = (out / '0.error').read_text()
+    assert message.startswith("the weights of 'gam_resnet50_g4' in the Hugging Face Hub cache")
+    assert 'hf download timm-gam/gam_resnet50_g4.unsup_market1501dev' in message
+    assert "install_into_hf_cache('hub/gam_resnet50_g4.unsup_market1501dev'" in message

@@ -13,7 +13,7 @@ import safetensors.torch
 import timm
 import torch
 import torch.nn.functional as F
-from recipe_scripts import load_recipe
+from recipe_scripts import load_experiment, load_recipe
 from test_hub import assert_same_tensors, run_offline
 
 from timm_gam import hub
@@ -112,3 +112,22 @@ def test_publish_can_release_a_head_run_with_its_pooled_features(tiny_run, tmp_p
                                           '--output', str(tmp_path / 'hub'), '--dry-run',
                                           '--retrieval-features', 'pooled'])
     assert json.loads((folder / 'config.json').read_text())['num_classes'] == 0
+
+
+def test_training_identities_score_each_readout_on_a_query_of_each_persons_first_image_per_camera(tiny_run):
+    experiment = load_experiment('training_identities')
+    train = prepare_data(tiny_run.data_root).train
+    query, gallery = experiment.first_per_person_and_camera(train)
+    firsts = {}
+    for image in train:
+        key = (image.pid, image.camid)
+        firsts[key] = min(firsts.get(key, str(image.path)), str(image.path))
+    assert sorted(str(image.path) for image in query) == sorted(firsts.values())
+    assert sorted(map(str, [im.path for im in query + gallery])) == sorted(str(im.path) for im in train)
+    results = experiment.main(['--data-root', str(tiny_run.data_root), '--checkpoint',
+                               str(tiny_run.checkpoint), '--retrieval-features', 'head', 'pooled'])
+    assert [r['features'] for r in results] == ['head', 'pooled']
+    for result, features in zip(results, ('head', 'pooled'), strict=True):
+        loaded = load_embedder(checkpoint=tiny_run.checkpoint, retrieval_features=features)
+        expected = evaluate_model(loaded.embedder, query, gallery, loaded.image_size)
+        assert result['mAP'] == pytest.approx(expected['mAP']) and result['rank1'] == expected['rank1']

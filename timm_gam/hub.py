@@ -25,7 +25,7 @@ from huggingface_hub.file_download import repo_folder_name
 from timm.models._hub import save_config_for_hf
 
 __all__ = ['save_hub_folder', 'install_into_hf_cache', 'push_to_hub', 'MissingWeightsError',
-           'missing_weights_message']
+           'StaleWeightsError', 'missing_weights_message', 'stale_weights_message']
 
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
@@ -129,6 +129,23 @@ def push_to_hub(
 
 class MissingWeightsError(RuntimeError):
     """Pretrained weights that neither the Hub nor its local cache could give."""
+
+
+class StaleWeightsError(MissingWeightsError):
+    """Cached pretrained weights that do not fit the model timm-gam registers for them."""
+
+
+def stale_weights_message(variant: str, repo_id: str | None, error: BaseException) -> str:
+    """Explain cached weights whose tensors don't fit the registered model (an earlier release of the repo,
+    kept by the Hub cache, e.g. one with an embedding head where the current release has none)."""
+    tag = (repo_id or 'org/<model>.<tag>').split('/')[-1]
+    return (
+        f'the weights of {variant!r} in the Hugging Face Hub cache ({constants.HF_HUB_CACHE}) do not fit the '
+        f'model this timm-gam registers for {repo_id!r}: they are another release of it; update them with '
+        f'`hf download {repo_id}` (online), or from a git checkout of timm-gam with python -c "from '
+        f"timm_gam.hub import install_into_hf_cache; install_into_hf_cache('hub/{tag}', '{repo_id}')\"\n"
+        f'  cause: {type(error).__name__}: {str(error)[:300]}'
+    )
 
 
 def missing_weights_message(variant: str, repo_id: str | None, error: BaseException) -> str:

@@ -27,7 +27,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import ResNet
 from torch import nn as nn
 
-from ..hub import MissingWeightsError, missing_weights_message
+from ..hub import MissingWeightsError, StaleWeightsError, missing_weights_message, stale_weights_message
 from ..layers import GroupedAttention, subsample_strided_pointwise
 
 __all__ = ['GamBottleneck', 'create_gam_resnet', 'reid_cfg']
@@ -145,17 +145,25 @@ class GamBottleneck(nn.Module):
 
 
 def create_gam_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
-    """Build a registered ``ResNet`` variant; when its pretrained weights can't be fetched from the Hub,
-    raise an error naming the repo tried and the ways to get the weights (timm's own error does neither)."""
+    """Build a registered ``ResNet`` variant; when its pretrained weights can't be fetched from the Hub, or
+    the cached ones don't fit, raise an error naming the repo and the ways to get the weights (timm's own
+    error does neither)."""
     try:
         return build_model_with_cfg(ResNet, variant, pretrained, **kwargs)
     except OSError as err:  # huggingface_hub's offline, not-cached and not-found errors are all OSErrors
         if not pretrained:
             raise
-        cfg = resolve_pretrained_cfg(
-            variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
-            pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
-        raise MissingWeightsError(missing_weights_message(variant, cfg.hf_hub_id, err)) from err
+        raise MissingWeightsError(missing_weights_message(variant, _hub_id(variant, kwargs), err)) from err
+    except RuntimeError as err:  # load_state_dict: tensors of another release, still in the Hub cache
+        if not pretrained or 'state_dict' not in str(err):
+            raise
+        raise StaleWeightsError(stale_weights_message(variant, _hub_id(variant, kwargs), err)) from err
+
+
+def _hub_id(variant: str, kwargs: dict) -> str | None:
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    return cfg.hf_hub_id
 
 
 def reid_cfg(**kwargs):
