@@ -29,6 +29,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 import timm_gam  # noqa: F401  (registers the GAM and CBAM models with timm)
+from timm_gam.hub import MissingWeightsError
 from timm_gam.reid.checkpoint import TrainingCheckpoint
 from timm_gam.reid.config import TrainConfig, add_config_flags, config_changes
 from timm_gam.reid.eval_only import evaluate_run
@@ -146,8 +147,9 @@ def main(argv=None) -> dict:
 
 # Problems with the input or the run, raised with a message that names the path and the fix; a
 # traceback would only bury it. ImageLoadError and CheckpointError are ValueErrors; a non-finite
-# loss is a FloatingPointError.
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+# loss is a FloatingPointError; pretrained weights neither the Hub nor its cache can give (or that don't
+# fit) are a MissingWeightsError.
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, MissingWeightsError)
 
 
 def run_cli(argv=None) -> int:

@@ -100,3 +100,15 @@ def test_pretrained_weights_are_evaluated_at_their_own_size(tiny_run, tmp_path):
                             env=env, capture_output=True, text=True)
     assert result.returncode == 2
     assert 'has no embedding head' in result.stderr and 'leave out --retrieval-features head' in result.stderr
+
+
+def test_pretrained_weights_missing_from_an_offline_cache_are_one_error_with_the_fix(tiny_run, tmp_path):
+    *_, testset = tiny_run
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / 'empty-cache'), HF_HUB_OFFLINE='1',
+               TIMM_GAM_PROGRESS='0')
+    command = [sys.executable, str(RECIPE), '--eval-only', '--pretrained', '--data-root', str(testset),
+               '--workers', '0', '--output', str(tmp_path / 'eval')]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: no weights for 'gam_resnet50_g4' in the Hugging Face Hub cache")
+    assert 'Traceback' not in result.stderr
