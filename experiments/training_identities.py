@@ -48,7 +48,7 @@ def main(argv=None) -> list[dict]:
         for features in args.retrieval_features:
             loaded = load_embedder(**source, retrieval_features=features)
             metrics = evaluate_model(loaded.embedder, query, gallery, loaded.image_size)
-            readout = 'pooled' if loaded.backbone.num_classes == 0 else 'head'
+            readout = loaded.retrieval_features
             print(f'| {loaded.label} | {readout} | {metrics["rank1"]:.1f} | {metrics["rank5"]:.1f} '
                   f'| {metrics["rank10"]:.1f} | {metrics["mAP"]:.1f} |', flush=True)
             results.append({'model': loaded.label, 'features': readout, **metrics})

@@ -135,15 +135,21 @@ class StaleWeightsError(MissingWeightsError):
     """Cached pretrained weights that do not fit the model timm-gam registers for them."""
 
 
+def _install_command(repo_id: str | None) -> str:
+    """The command that puts a git checkout's committed release of ``repo_id`` into the Hub cache."""
+    tag = (repo_id or 'org/<model>.<tag>').split('/')[-1]
+    return (f'python -c "from timm_gam.hub import install_into_hf_cache; '
+            f"install_into_hf_cache('hub/{tag}', '{repo_id}')\"")
+
+
 def stale_weights_message(variant: str, repo_id: str | None, error: BaseException) -> str:
     """Explain cached weights whose tensors don't fit the registered model (an earlier release of the repo,
     kept by the Hub cache, e.g. one with an embedding head where the current release has none)."""
-    tag = (repo_id or 'org/<model>.<tag>').split('/')[-1]
     return (
         f'the weights of {variant!r} in the Hugging Face Hub cache ({constants.HF_HUB_CACHE}) do not fit the '
         f'model this timm-gam registers for {repo_id!r}: they are another release of it; update them with '
-        f'`hf download {repo_id}` (online), or from a git checkout of timm-gam with python -c "from '
-        f"timm_gam.hub import install_into_hf_cache; install_into_hf_cache('hub/{tag}', '{repo_id}')\"\n"
+        f'`hf download {repo_id}` (online), or from a git checkout of timm-gam with '
+        f'{_install_command(repo_id)}\n'
         f'  cause: {type(error).__name__}: {str(error)[:300]}'
     )
 
@@ -160,7 +166,6 @@ def missing_weights_message(variant: str, repo_id: str | None, error: BaseExcept
         f'Other ways to get the weights:\n'
         f'  - on a machine with the network, `hf download {repo_id}`, then copy its Hub cache here;\n'
         f'  - from a git checkout of timm-gam, whose hub/ folder holds the released weights:\n'
-        f'      python -c "from timm_gam.hub import install_into_hf_cache; '
-        f"install_into_hf_cache('hub/{(repo_id or 'org/<model>.<tag>').split('/')[-1]}', '{repo_id}')\"\n"
+        f'      {_install_command(repo_id)}\n'
         f'  - or create the model with pretrained=False.'
     )

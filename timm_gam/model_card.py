@@ -287,7 +287,7 @@ def model_card(loaded: LoadedEmbedder, repo_id: str, *, metrics: dict | None, me
     checkpoint = loaded.checkpoint
     config, state = checkpoint.config, checkpoint.state
     model_name, embed_dim = checkpoint.model_name, loaded.embed_dim
-    pooled = loaded.backbone.num_classes == 0  # released without the head the losses trained
+    pooled = loaded.retrieval_features == 'pooled'  # released without the head the losses trained
     what = _embedding_description(model_name, embed_dim, checkpoint.embed_dim, pooled)
     num_train_images = len(state.cluster_labels)
     height, width = loaded.image_size

@@ -90,6 +90,11 @@ class LoadedEmbedder:
         return self.embedder.backbone
 
     @property
+    def retrieval_features(self) -> str:
+        """``'pooled'`` for a model loaded without its head, else ``'head'``."""
+        return 'head' if self.backbone.num_classes else 'pooled'
+
+    @property
     def embed_dim(self) -> int:
         return self.embedder.embed_dim
 
@@ -149,9 +154,8 @@ def load_embedder(*, checkpoint: str | os.PathLike | None = None, pretrained: st
         saved = TrainingCheckpoint.load(checkpoint)
         model = create_embedder(saved.model_name, saved.embed_dim)
         load_checkpoint_weights(model, saved, checkpoint, model_name or saved.model_name)
-        backbone = model.backbone
-        if (retrieval_features or saved.config.get('retrieval_features', 'head')) == 'pooled':
-            backbone.reset_classifier(0)
+        backbone = _with_retrieval_features(model.backbone, retrieval_features
+                                            or saved.config.get('retrieval_features', 'head'), checkpoint)
         backbone.pretrained_cfg = {**backbone.pretrained_cfg, **trained_input_cfg(backbone, saved.image_size)}
         loaded = LoadedEmbedder(ReidEmbedder(backbone).eval(), saved.image_size,
                                 f'{saved.model_name} ({Path(checkpoint).parent.name})', checkpoint=saved)
@@ -159,17 +163,23 @@ def load_embedder(*, checkpoint: str | os.PathLike | None = None, pretrained: st
     else:
         if model_name is not None and model_name != pretrained:
             raise ValueError(f'two models given: {model_name!r} and pretrained {pretrained!r}')
-        backbone = timm.create_model(pretrained, pretrained=True)
-        if retrieval_features == 'head' and not backbone.num_classes:
-            raise ValueError(f'pretrained {pretrained} has no embedding head (its weights give the pooled '
-                             'features): leave out --retrieval-features head')
-        if retrieval_features == 'pooled':
-            backbone.reset_classifier(0)
+        backbone = _with_retrieval_features(timm.create_model(pretrained, pretrained=True),
+                                            retrieval_features, f'pretrained {pretrained}')
         trained_size = tuple(backbone.pretrained_cfg['input_size'][1:])
         loaded = LoadedEmbedder(ReidEmbedder(backbone).eval(), trained_size, f'{pretrained} (pretrained)')
         source = f'pretrained {pretrained}'
     _check_expected(loaded, source, embed_dim, image_size)
     return loaded
+
+
+def _with_retrieval_features(backbone: nn.Module, features: str | None, source) -> nn.Module:
+    """``backbone`` giving ``features`` (None: as it is): without its head for ``'pooled'``."""
+    if features == 'head' and not backbone.num_classes:
+        raise ValueError(f'{source} has no embedding head (its weights give the pooled features): leave out '
+                         '--retrieval-features head')
+    if features == 'pooled':
+        backbone.reset_classifier(0)
+    return backbone
 
 
 def _check_expected(loaded: LoadedEmbedder, source: str, embed_dim, image_size) -> None:
